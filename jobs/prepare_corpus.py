@@ -1,0 +1,80 @@
+"""Build a FluxMusic training corpus from a music folder, an s3:// prefix or a manifest.
+
+    python jobs/prepare_corpus.py --input demo/ --output out/corpus-demo
+    ray job submit --working-dir . -- python jobs/prepare_corpus.py --input s3://music/raw --output s3://music/corpus --kit paper
+
+Writes OUTPUT/corpus/*.parquet (one row per 10.24 s clip: VAE posterior, tags, captions, T5 + CLAP embeddings),
+OUTPUT/quarantine/*.parquet (every input or clip that was rejected, with stage and reason),
+OUTPUT/null_text/null_text.parquet (the empty-caption embeddings) and OUTPUT/manifest.json (the account).
+Re-running on the same OUTPUT skips what is complete and adds new inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines import constants  # noqa: E402
+from pipelines.corpus import CorpusConfig, format_account, prepare_corpus  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> CorpusConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", action="append", required=True, metavar="PATH",
+                   help="a local folder, an s3:// prefix, or a manifest (.csv/.jsonl/.parquet with a file_name/path "
+                        "column and optional caption/tags/title/artist/genre columns). Repeatable.")
+    p.add_argument("--output", required=True, help="output folder or s3:// prefix (created; re-runs resume into it)")
+    p.add_argument("--kit", default="tiny",
+                   help="model kit: a name in model/kits/ (tiny, paper, cpu-real) or a path to a kit YAML (default: tiny)")
+    p.add_argument("--limit", type=int, default=None, help="process at most this many inputs (in sorted order)")
+    p.add_argument("--min-clip-seconds", type=float, default=constants.MIN_CLIP_SECONDS,
+                   help="a track's last piece shorter than this is dropped (and counted); a longer one is zero-padded "
+                        f"to {constants.CLIP_SECONDS} s (default: %(default)s)")
+    p.add_argument("--silence-dbfs", type=float, default=-60.0,
+                   help="clips whose RMS is below this level are rejected as silent (default: %(default)s)")
+    p.add_argument("--valid-fraction", type=float, default=0.02,
+                   help="fraction of tracks (by track, deterministic) in the valid split (default: %(default)s)")
+    p.add_argument("--original-caption-probability", type=float, default=constants.CAPTION_ORIGINAL_PROBABILITY,
+                   help="probability of training on a clip's original caption when it has one; otherwise the "
+                        "LLM-written caption (the paper's 20/80 mix; default: %(default)s)")
+    p.add_argument("--caption-backend", choices=["transformers", "vllm"], default="transformers",
+                   help="LLM back end for captions: transformers (CPU or GPU) or vllm (GPU clusters; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (captions, mix)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch in each stage (default: %(default)s)")
+    p.add_argument("--actors-per-stage", type=int, default=1,
+                   help="actor-pool size of each model stage (VAE, tags, captions, text encoders; default: %(default)s)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="GPUs per model-stage actor: 0 runs the models on CPU (default: %(default)s)")
+    p.add_argument("--cpus-per-actor", type=float, default=0.5,
+                   help="CPUs reserved per model-stage actor (fractional on small machines; default: %(default)s)")
+    a = p.parse_args(argv)
+    return CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
+                        silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction,
+                        original_caption_probability=a.original_caption_probability,
+                        caption_backend=a.caption_backend, seed=a.seed, batch_size=a.batch_size,
+                        actors_per_stage=a.actors_per_stage, gpus_per_actor=a.gpus_per_actor,
+                        cpus_per_actor=a.cpus_per_actor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    from pipelines.raylocal import init_local_ray
+
+    if config.kit == "tiny":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the tiny kit is local: never wait on hub retries
+    init_local_ray()
+    manifest = prepare_corpus(config)
+    print("\n" + format_account(manifest))
+    print(f"\nmanifest: {config.output.rstrip('/')}/manifest.json")
+    if manifest["counts"]["incomplete_tracks"]:
+        print(json.dumps(manifest["incomplete"], indent=1), file=sys.stderr)
+        print("some inputs are not fully accounted for: re-run the same command to complete them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
