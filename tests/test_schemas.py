@@ -46,6 +46,6 @@ def test_validator_checks_table_name_and_version():
     table = conform(pa.table(quarantine_rows()), QUARANTINE)
     with pytest.raises(SchemaError, match="metadata says table 'corpus'"):
         validate(table.replace_schema_metadata(CORPUS.metadata), QUARANTINE)
-    old = dict(QUARANTINE.metadata, **{b"fluxmusic.schema_version": b"0"})
+    old = {**QUARANTINE.metadata, b"fluxmusic.schema_version": b"0"}
     with pytest.raises(SchemaError, match="v0"):
         validate(table.replace_schema_metadata(old), QUARANTINE)
