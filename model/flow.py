@@ -1,0 +1,136 @@
+"""Patchify, position ids, rectified-flow loss and the Euler + CFG sampler (spec §4.1, §4.2, §5).
+
+Convention: data at t = 0, noise at t = 1, z_t = (1 - t) x + t eps, the model predicts v = eps - x.
+cond / uncond dicts: {"txt": [B, L, ctx], "txt_mask": [B, L] bool (True = real token; optional), "y": [B, vec]}.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pipelines.constants import LATENT_SHAPE, PATCH
+
+GRID_ROWS = LATENT_SHAPE[1] // PATCH    # 128 time rows of patches
+GRID_COLS = LATENT_SHAPE[2] // PATCH    # 8 mel columns of patches
+
+
+def patchify(latent: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, (H/2)(W/2), C*4]; tokens row-major (row*w + col), features c*4 + ph*2 + pw."""
+    b, c, h, w = latent.shape
+    x = latent.reshape(b, c, h // PATCH, PATCH, w // PATCH, PATCH)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // PATCH) * (w // PATCH), c * PATCH * PATCH)
+
+
+def unpatchify(tokens: Tensor, rows: int = GRID_ROWS, cols: int = GRID_COLS) -> Tensor:
+    """Exact inverse of patchify: [B, rows*cols, C*4] -> [B, C, rows*2, cols*2]."""
+    b, _, features = tokens.shape
+    c = features // (PATCH * PATCH)
+    x = tokens.reshape(b, rows, cols, c, PATCH, PATCH)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, rows * PATCH, cols * PATCH)
+
+
+def latent_ids(batch: int, rows: int = GRID_ROWS, cols: int = GRID_COLS, device: torch.device | str | None = None
+               ) -> Tensor:
+    """Position ids [B, rows*cols, 3] = (0, row, col) in token order (float32)."""
+    row, col = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+    ids = torch.stack((torch.zeros_like(row), row, col), dim=-1).reshape(1, rows * cols, 3).float()
+    return ids.expand(batch, -1, -1)
+
+
+def text_ids(batch: int, length: int, device: torch.device | str | None = None) -> Tensor:
+    """All text positions are (0, 0, 0): text is not rotated."""
+    return torch.zeros(batch, length, 3, device=device)
+
+
+def pad_text(states: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack per-caption T5 states [L_i, D] into zero-padded txt [B, Lmax, D] and mask [B, Lmax] (True = real)."""
+    longest = max(s.shape[0] for s in states)
+    txt = states[0].new_zeros(len(states), longest, states[0].shape[-1])
+    mask = torch.zeros(len(states), longest, dtype=torch.bool, device=states[0].device)
+    for i, s in enumerate(states):
+        txt[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = True
+    return txt, mask
+
+
+def _text_mask(cond: dict) -> Tensor:
+    mask = cond.get("txt_mask")
+    if mask is None:
+        return torch.ones(cond["txt"].shape[:2], dtype=torch.bool, device=cond["txt"].device)
+    return mask.bool()
+
+
+def _as_tokens(x: Tensor) -> Tensor:
+    """Accept a latent [B, C, H, W] or tokens [B, L, F]."""
+    return patchify(x) if x.dim() == 4 else x
+
+
+def velocity(model: nn.Module, z: Tensor, t: Tensor, cond: dict) -> Tensor:
+    """Model velocity for tokens z [B, 1024, 32] at times t [B]; builds the ids."""
+    b, length = z.shape[:2]
+    if length != GRID_ROWS * GRID_COLS:
+        raise ValueError(f"expected {GRID_ROWS * GRID_COLS} music tokens (latent {LATENT_SHAPE}), got {length}")
+    txt = cond["txt"]
+    return model(z, latent_ids(b, device=z.device), txt, text_ids(b, txt.shape[1], z.device),
+                 _text_mask(cond), cond["y"], t)
+
+
+def rectified_flow_loss(model: nn.Module, x0: Tensor, cond: dict, *, generator: torch.Generator | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """Per-sample MSE [B] of the velocity target eps - x0 at logit-normal t, and that t [B].
+
+    x0: scaled latent [B, 8, 256, 16] or its tokens [B, 1024, 32]. Unweighted, mean over tokens and channels.
+    """
+    x0 = _as_tokens(x0)
+    b = x0.shape[0]
+    t = torch.sigmoid(torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32))
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t_b = t.to(x0.dtype)[:, None, None]
+    z_t = (1 - t_b) * x0 + t_b * noise
+    prediction = velocity(model, z_t, t, cond)
+    loss = (prediction.float() - (noise - x0).float()).pow(2).mean(dim=(1, 2))
+    return loss, t
+
+
+def _pad_length(txt: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    extra = length - txt.shape[1]
+    if extra == 0:
+        return txt, mask
+    txt = torch.cat((txt, txt.new_zeros(txt.shape[0], extra, txt.shape[2])), dim=1)
+    return txt, torch.cat((mask, mask.new_zeros(mask.shape[0], extra)), dim=1)
+
+
+def cfg_batch(cond: dict, uncond: dict) -> dict:
+    """One batch [cond; uncond] (2B rows); texts padded to a common length; uncond of batch 1 is broadcast."""
+    b = cond["txt"].shape[0]
+    txt_u, mask_u, y_u = uncond["txt"], _text_mask(uncond), uncond["y"]
+    if txt_u.shape[0] == 1 and b > 1:
+        txt_u, mask_u, y_u = txt_u.expand(b, -1, -1), mask_u.expand(b, -1), y_u.expand(b, -1)
+    length = max(cond["txt"].shape[1], txt_u.shape[1])
+    txt_c, mask_c = _pad_length(cond["txt"], _text_mask(cond), length)
+    txt_u, mask_u = _pad_length(txt_u.to(txt_c.dtype), mask_u, length)
+    return {"txt": torch.cat((txt_c, txt_u)), "txt_mask": torch.cat((mask_c, mask_u)),
+            "y": torch.cat((cond["y"], y_u.to(cond["y"].dtype)))}
+
+
+@torch.no_grad()
+def sample(model: nn.Module, noise: Tensor, cond: dict, uncond: dict | None, *, steps: int = 50,
+           cfg_scale: float = 3.5) -> Tensor:
+    """Euler from t = 1 to 0 on the grid t_i = i/steps (never evaluated at t = 0), with CFG
+    v = v_u + s (v_c - v_u); conditional and unconditional rows go through one batched forward.
+
+    noise: [B, 8, 256, 16] or tokens [B, 1024, 32]; returns x0 of the same shape.
+    """
+    z = _as_tokens(noise)
+    b = z.shape[0]
+    guided = uncond is not None and cfg_scale != 1.0
+    batch_cond = cfg_batch(cond, uncond) if guided else cond
+    for i in range(steps, 0, -1):
+        t = torch.full((b,), i / steps, device=z.device, dtype=torch.float32)
+        if guided:
+            v_cond, v_uncond = velocity(model, torch.cat((z, z)), torch.cat((t, t)), batch_cond).float().chunk(2)
+            v = v_uncond + cfg_scale * (v_cond - v_uncond)
+        else:
+            v = velocity(model, z, t, batch_cond).float()
+        z = (z.float() - v / steps).to(z.dtype)
+    return unpatchify(z) if noise.dim() == 4 else z
