@@ -1,0 +1,124 @@
+"""The whole corpus job on real Ray, real audio and real Parquet, with the tiny kit."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines import storage
+from pipelines.corpus import CORPUS_DIR, QUARANTINE_DIR, CorpusConfig, prepare_corpus
+from schemas import CORPUS, NULL_TEXT, QUARANTINE, validate
+from tests.audio_fixtures import write_hostile_inputs, write_tone_track
+
+
+def read_table(uri: str, schema: pa.Schema) -> pa.Table:
+    tables = []
+    for file in storage.list_files(uri, ".parquet"):
+        table = storage.read_parquet(file)
+        validate(table, schema)
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def account(output: str) -> tuple[pa.Table, pa.Table]:
+    return read_table(storage.join(output, CORPUS_DIR), CORPUS), read_table(storage.join(output, QUARANTINE_DIR), QUARANTINE)
+
+
+def assert_exactly_once(corpus: pa.Table, quarantine: pa.Table, n_inputs: int) -> None:
+    items = corpus["clip_id"].to_pylist() + quarantine["item_id"].to_pylist()
+    assert len(items) == len(set(items)), "an item was written twice"
+    tracks = corpus["track_id"].to_pylist() + quarantine["track_id"].to_pylist()
+    counts = corpus["track_clip_count"].to_pylist() + quarantine["track_clip_count"].to_pylist()
+    rows_per_track = Counter(tracks)
+    for track, expected in zip(tracks, counts):
+        assert rows_per_track[track] == expected, f"track {track}: {rows_per_track[track]} rows, expected {expected}"
+    assert len(rows_per_track) == n_inputs, "every input ends somewhere"
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("music")
+    hostile = write_hostile_inputs(folder)
+    write_tone_track(folder / "song a.flac", seconds=25.0, sr=44_100, channels=2, fmt="FLAC")   # 2 clips + short tail
+    write_tone_track(folder / "song b.wav", seconds=16.0, sr=22_050, channels=1, fmt="WAV")    # 1 clip + padded tail
+    (folder / "metadata.csv").write_text("file_name,caption,genre\nsong b.wav,a calm test melody,ambient\n")
+    return folder, hostile
+
+
+@pytest.fixture(scope="module")
+def corpus_run(ray_local, music, tmp_path_factory):
+    folder, _ = music
+    out = str(tmp_path_factory.mktemp("out"))
+    config = CorpusConfig(inputs=[str(folder)], output=out, kit="tiny", valid_fraction=0.5, batch_size=4,
+                          original_caption_probability=1.0)
+    return config, prepare_corpus(config, progress=lambda *_: None)
+
+
+def test_every_input_is_accounted_for_once(music, corpus_run):
+    folder, hostile = music
+    config, manifest = corpus_run
+    corpus, quarantine = account(config.output)
+    n_inputs = len([p for p in os.listdir(folder) if p != "metadata.csv"])
+    assert manifest["counts"]["inputs"] == n_inputs
+    assert manifest["counts"]["incomplete_tracks"] == 0
+    assert_exactly_once(corpus, quarantine, n_inputs)
+    reasons = {os.path.basename(u): r for u, r in zip(quarantine["source_uri"].to_pylist(), quarantine["reason"].to_pylist())}
+    for name, reason in hostile.items():
+        if reason != "ok":
+            assert reasons.get(name) == reason, f"{name}: expected {reason}, got {reasons.get(name)}"
+    assert reasons.get("song a.flac") == "short_tail"
+    assert manifest["counts"]["clips"] == corpus.num_rows
+    assert sum(manifest["counts"]["quarantined"].values()) == quarantine.num_rows
+
+
+def test_corpus_rows_are_complete(corpus_run):
+    config, manifest = corpus_run
+    corpus, _ = account(config.output)
+    rows = corpus.to_pylist()
+    assert rows, "the tone tracks give clips"
+    for row in rows:
+        assert row["caption"] and row["caption_synthetic"], row["clip_id"]
+        assert row["t5_length"] > 0 and len(row["t5"]) == row["t5_length"] * manifest["t5_dim"] * 2
+        assert len(row["clap"]) == manifest["clap_dim"] * 2
+        assert len(row["latent_mean"]) == len(row["latent_std"]) == 8 * 256 * 16 * 2
+        assert np.isfinite(np.frombuffer(row["latent_mean"], np.float16)).all()
+        assert row["tags"], row["clip_id"]
+        assert row["split"] in ("train", "valid")
+    by_track = {}
+    for row in rows:
+        by_track.setdefault(row["track_id"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in by_track.values()), "a track never spans both splits"
+    song_b = [r for r in rows if r["source_uri"].endswith("song b.wav")]
+    assert [r["caption_source"] for r in song_b] == ["original", "original"]
+    assert song_b[0]["caption"] == "a calm test melody"
+    assert song_b[1]["duration_seconds"] == pytest.approx(16.0 - 10.24, abs=1e-3)
+    null = storage.read_parquet(storage.join(config.output, "null_text", "null_text.parquet"))
+    validate(null, NULL_TEXT)
+    saved = json.loads(storage.read_bytes(storage.join(config.output, "manifest.json")))
+    assert saved["counts"] == manifest["counts"] and saved["vae_scaling_factor"] > 0
+
+
+def test_rerun_resumes_and_adds_new_inputs(music, corpus_run, tmp_path):
+    folder, _ = music
+    config, first = corpus_run
+    corpus, quarantine = account(config.output)
+    # A crash before one corpus file was written: the re-run must redo exactly its clips.
+    lost = storage.list_files(storage.join(config.output, CORPUS_DIR), ".parquet")[0]
+    lost_ids = set(storage.read_parquet(lost, columns=["clip_id"])["clip_id"].to_pylist())
+    os.remove(lost)
+    extra = tmp_path / "more"
+    extra.mkdir()
+    write_tone_track(extra / "song c.ogg", seconds=11.0, sr=48_000, channels=2, fmt="OGG")
+    config2 = CorpusConfig(**{**config.__dict__, "inputs": config.inputs + [str(extra)]})
+    manifest = prepare_corpus(config2, progress=lambda *_: None)
+    corpus2, quarantine2 = account(config.output)
+    assert manifest["counts"]["this_run"]["items"] == len(lost_ids) + 1
+    assert manifest["counts"]["inputs"] == first["counts"]["inputs"] + 1
+    assert_exactly_once(corpus2, quarantine2, first["counts"]["inputs"] + 1)
+    assert set(corpus2["clip_id"].to_pylist()) >= set(corpus["clip_id"].to_pylist())
+    again = prepare_corpus(config2, progress=lambda *_: None)
+    assert again["counts"]["this_run"]["items"] == 0
