@@ -1,0 +1,232 @@
+"""Decode, down-mix, resample, segment, normalise and log-mel: the signal path of the audio front end.
+
+Decoding is streamed: blocks of the native-rate file go through a mean down-mix and a streaming soxr
+resampler, so only the 16 kHz mono result is ever held whole (docs/front_end.md).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from pipelines import constants as C
+
+AudioSource = str | bytes          # a local path, or the whole file's bytes (e.g. read from s3://)
+BLOCK_FRAMES = 1 << 16             # native-rate frames per decoded block
+
+
+class DecodeError(RuntimeError):
+    """Neither libsndfile nor ffmpeg could decode the input; the message carries both errors."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    audio: np.ndarray   # float32 [n], mono, 16 kHz
+    native_rate: int
+    channels: int
+    decoder: str        # "soundfile" | "ffmpeg"
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / C.SAMPLE_RATE
+
+
+# ----------------------------------------------------------------------------- decode
+
+def _soundfile_blocks(source: AudioSource, block_frames: int) -> tuple[int, int, Iterator[np.ndarray]]:
+    handle = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+    def blocks() -> Iterator[np.ndarray]:
+        with handle:
+            while True:
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    return
+                yield block
+
+    return handle.samplerate, handle.channels, blocks()
+
+
+def _ffmpeg_probe(source: AudioSource) -> tuple[int, int]:
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
+           "-of", "json", "-i", "pipe:0" if isinstance(source, bytes) else source]
+    done = subprocess.run(cmd, input=source if isinstance(source, bytes) else None, capture_output=True,
+                          stdin=None if isinstance(source, bytes) else subprocess.DEVNULL, timeout=120)
+    streams = json.loads(done.stdout or b"{}").get("streams") if done.returncode == 0 else None
+    if not streams:
+        raise DecodeError(f"ffprobe: no audio stream ({done.stderr.decode(errors='replace').strip()[-300:]})")
+    return int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+
+
+def _ffmpeg_blocks(source: AudioSource, block_frames: int) -> tuple[int, int, Iterator[np.ndarray]]:
+    """ffmpeg decodes to f32le on a stdout pipe at the native rate; -xerror turns corrupt data into a failure."""
+    rate, channels = _ffmpeg_probe(source)
+    cmd = ["ffmpeg", "-v", "error", "-xerror", "-nostdin", "-i", "pipe:0" if isinstance(source, bytes) else source,
+           "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if isinstance(source, bytes) else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if isinstance(source, bytes):
+        # A feeder thread: writing stdin while reading stdout from one thread can deadlock on full pipes.
+        def feed() -> None:
+            try:
+                proc.stdin.write(source)
+            except (BrokenPipeError, OSError):
+                pass
+            finally:
+                proc.stdin.close()
+        threading.Thread(target=feed, daemon=True).start()
+    stderr: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    frame_bytes = 4 * channels
+
+    def blocks() -> Iterator[np.ndarray]:
+        pending = b""
+        try:
+            while chunk := proc.stdout.read(block_frames * frame_bytes):
+                pending += chunk
+                whole = len(pending) - len(pending) % frame_bytes
+                if whole:
+                    yield np.frombuffer(pending[:whole], dtype="<f4").reshape(-1, channels)
+                    pending = pending[whole:]
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+            reader.join()
+        if code != 0:
+            raise DecodeError(f"ffmpeg exit {code}: {b''.join(stderr).decode(errors='replace').strip()[-300:]}")
+
+    return rate, channels, blocks()
+
+
+def downmix_resample(blocks: Iterable[np.ndarray], in_rate: int) -> np.ndarray:
+    """Native-rate [n, channels] blocks -> float32 mono 16 kHz: channel mean, then streaming soxr "HQ"."""
+    stream = None if in_rate == C.SAMPLE_RATE else soxr.ResampleStream(in_rate, C.SAMPLE_RATE, 1, "float32", "HQ")
+    out = []
+    for block in blocks:
+        mono = np.ascontiguousarray(block.mean(axis=1, dtype=np.float32))
+        out.append(mono if stream is None else stream.resample_chunk(mono))
+    if stream is not None:
+        out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
+
+
+def decode(source: AudioSource, *, block_frames: int = BLOCK_FRAMES) -> Decoded:
+    """Decode any file to float32 mono 16 kHz, streamed. libsndfile first (WAV/FLAC/OGG/Opus/MP3/AIFF),
+    ffmpeg for the rest (AAC/M4A, odd codecs) or when libsndfile fails part-way. Raises DecodeError."""
+    errors = []
+    for name, open_blocks in (("soundfile", _soundfile_blocks), ("ffmpeg", _ffmpeg_blocks)):
+        try:
+            rate, channels, blocks = open_blocks(source, block_frames)
+            return Decoded(downmix_resample(blocks, rate), rate, channels, name)
+        except Exception as err:  # noqa: BLE001 - each decoder's failure is reported, not raised
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+    raise DecodeError("; ".join(errors))
+
+
+# ----------------------------------------------------------------------------- segment
+
+@dataclass(frozen=True)
+class Segments:
+    clips: np.ndarray        # float32 [n, CLIP_SAMPLES], last one zero-padded if short
+    starts: np.ndarray       # int64 [n] first sample of each clip in the track
+    lengths: np.ndarray      # int64 [n] true samples in each clip (<= CLIP_SAMPLES)
+    tail_start: int          # first sample of the dropped tail (== track length when none)
+    tail_length: int         # samples dropped because the tail was shorter than min_clip_seconds
+
+
+def segment(audio16k: np.ndarray, min_clip_seconds: float = C.MIN_CLIP_SECONDS) -> Segments:
+    """Non-overlapping CLIP_SAMPLES windows; a tail >= min_clip_seconds is zero-padded, a shorter one dropped."""
+    n = len(audio16k)
+    full, tail = divmod(n, C.CLIP_SAMPLES)
+    keep_tail = tail > 0 and tail >= round(min_clip_seconds * C.SAMPLE_RATE)
+    count = full + int(keep_tail)
+    clips = np.zeros((count, C.CLIP_SAMPLES), np.float32)
+    kept = min(n, count * C.CLIP_SAMPLES)
+    clips.reshape(-1)[:kept] = audio16k[:kept]
+    starts = np.arange(count, dtype=np.int64) * C.CLIP_SAMPLES
+    lengths = np.minimum(C.CLIP_SAMPLES, n - starts)
+    return Segments(clips, starts, lengths, kept, n - kept)
+
+
+# ----------------------------------------------------------------------------- normalise and mel
+
+def real_length(clip: np.ndarray) -> int:
+    """Samples up to the last non-zero one: trailing exact zeros are taken as padding."""
+    nonzero = np.flatnonzero(clip)
+    return int(nonzero[-1]) + 1 if len(nonzero) else 0
+
+
+def normalise(clip: np.ndarray, length: int | None = None) -> np.ndarray:
+    """Spec §1 step 5 on the real part: remove the mean, divide by max|x| + 1e-8, times PEAK_LEVEL;
+    padding stays zero (the official code normalises the short waveform, then pads)."""
+    length = len(clip) if length is None else length
+    x = np.asarray(clip[:length], dtype=np.float32)
+    out = np.zeros(len(clip), np.float32)
+    if length:
+        x = x - x.mean()
+        out[:length] = x / (np.abs(x).max() + 1e-8) * C.PEAK_LEVEL
+    return out
+
+
+@functools.cache
+def _mel_basis() -> torch.Tensor:
+    import librosa  # librosa defaults: Slaney mel scale, Slaney area normalisation (spec §1)
+    basis = librosa.filters.mel(sr=C.SAMPLE_RATE, n_fft=C.N_FFT, n_mels=C.N_MELS, fmin=C.F_MIN, fmax=C.F_MAX)
+    return torch.from_numpy(basis.astype(np.float32))
+
+
+@functools.cache
+def _window() -> torch.Tensor:
+    return torch.hann_window(C.WIN_LENGTH, periodic=True)
+
+
+MEL_CHUNK = 2   # clips per STFT call: small chunks stay in cache and measured ~2x faster than one big batch
+
+
+def _log_mel_chunk(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    for row, n in zip(x, lengths):                      # normalise the real part in place; padding stays zero
+        if n:
+            real = row[:n]
+            real -= real.mean()
+            real *= C.PEAK_LEVEL / (real.abs().max() + 1e-8)
+        row[n:] = 0.0
+    spec = torch.stft(x, C.N_FFT, C.HOP_LENGTH, C.WIN_LENGTH, window=_window(), center=True,
+                      pad_mode="reflect", return_complex=True)                  # [b, 513, 1025]
+    ri = torch.view_as_real(spec)
+    magnitude = torch.sqrt(ri[..., 0] * ri[..., 0] + ri[..., 1] * ri[..., 1])   # faster than complex abs()
+    log_mel = torch.log(torch.clamp(torch.matmul(_mel_basis(), magnitude), min=C.LOG_MEL_FLOOR))
+    return log_mel.transpose(1, 2)[:, :C.MEL_FRAMES]                            # [b, 1024, 64]
+
+
+def clips_to_log_mel(clips: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+    """[B, 163840] waveforms (as segmented) -> float32 [B, 1024, 64] log-mel, spec §1 exactly.
+
+    Each clip is normalised over its real samples (`lengths`, or up to its last non-zero sample; samples
+    beyond are padding and stay zero), then: centred reflect-padded STFT (n_fft 1024, hop 160, periodic
+    Hann), magnitude, Slaney mel 0-8 kHz, ln(max(., 1e-5)), time-major, the 1025th frame dropped.
+    """
+    clips = np.asarray(clips, dtype=np.float32)
+    if clips.ndim != 2 or clips.shape[1] != C.CLIP_SAMPLES:
+        raise ValueError(f"expected clips [B, {C.CLIP_SAMPLES}], got {clips.shape}")
+    lengths = [real_length(c) for c in clips] if lengths is None else [int(n) for n in lengths]
+    out = np.empty((len(clips), C.MEL_FRAMES, C.N_MELS), np.float32)
+    with torch.inference_mode():
+        for i in range(0, len(clips), MEL_CHUNK):
+            out[i:i + MEL_CHUNK] = _log_mel_chunk(torch.tensor(clips[i:i + MEL_CHUNK]),  # a copy: normalised in place
+                                                  lengths[i:i + MEL_CHUNK]).numpy()
+    return out
+
+
+def clip_to_log_mel(clip: np.ndarray) -> np.ndarray:
+    """One 163,840-sample clip -> float32 [1024, 64] log-mel (see clips_to_log_mel)."""
+    return clips_to_log_mel(np.asarray(clip, dtype=np.float32)[None])[0]
