@@ -1,0 +1,74 @@
+"""Train FluxMusic on a prepared corpus with Ray Train (docs/training.md).
+
+    python -m jobs.train --size small --data OUT --storage runs/ --run-name small-1 --num-workers 8 --use-gpu
+    python -m jobs.train ... --run-name small-1 --resume      # continue its latest checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+
+from pipelines.training import DEFAULT_PROMPTS, TrainConfig, run_training
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default=defaults.size, choices=["tiny", "small", "base", "large", "giant", "giant_full"])
+    p.add_argument("--data", required=True, help="prepare_corpus output folder or s3:// prefix")
+    p.add_argument("--storage", required=True, help="run storage: local folder or s3:// prefix")
+    p.add_argument("--run-name", required=True)
+    p.add_argument("--resume", action="store_true", help="continue the latest checkpoint of --run-name")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
+    p.add_argument("--strategy", default="", choices=["", "ddp", "fsdp"], help="default: fsdp for large/giant")
+    p.add_argument("--global-batch-size", type=int, default=defaults.global_batch_size)
+    p.add_argument("--micro-batch-size", type=int, default=defaults.micro_batch_size)
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimiser updates")
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="0 = off")
+    p.add_argument("--ema-every", type=int, default=defaults.ema_every, help="paper 100; official code 1")
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="paper 0.99; official code 0.9999")
+    p.add_argument("--cfg-dropout", type=float, default=defaults.cfg_dropout)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--val-every", type=int, default=defaults.val_every)
+    p.add_argument("--sample-every", type=int, default=defaults.sample_every)
+    p.add_argument("--sample-prompt", action="append", dest="sample_prompts", help="repeatable")
+    p.add_argument("--sample-steps", type=int, default=defaults.sample_steps)
+    p.add_argument("--sample-cfg", type=float, default=defaults.sample_cfg)
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    p.add_argument("--eval-reference", default="")
+    p.add_argument("--max-failures", type=int, default=defaults.max_failures)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--kit", default="", help="default: the corpus manifest's kit")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["sample_prompts"] = args.sample_prompts or list(DEFAULT_PROMPTS)
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.raylocal import init_local_ray
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    config = config_from_args(args)
+    init_local_ray()
+    result = run_training(config, resume=args.resume)
+    print(f"finished {config.run_name}: {result.metrics}")
+    if result.checkpoint is not None:
+        print(f"latest checkpoint: {result.checkpoint.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
