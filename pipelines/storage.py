@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from collections.abc import Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -25,16 +26,63 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+S3_MAX_ATTEMPTS = 10  # rides over a few seconds of S3 downtime (boto3's default 3 does not)
+
+
+def s3_options_from_env(environ: Mapping[str, str] | None = None) -> dict:
+    """S3FileSystem keyword arguments from the standard AWS variables only (no keys: the AWS SDK's own
+    chain finds them in the environment, ~/.aws or the instance profile, so they never pass through us)."""
+    env = os.environ if environ is None else environ
+    options: dict = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         scheme, _, rest = endpoint.partition("://")
-        kwargs.update(endpoint_override=rest or scheme, scheme=scheme if rest else "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        options.update(endpoint_override=(rest or scheme).rstrip("/"), scheme=scheme if rest else "https")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
+        options["region"] = region
+    return options
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """A fresh S3 filesystem from this process's environment, with retries.
+
+    Call it in each process (driver, Ray worker): a filesystem pickled to a Ray worker comes back with
+    pyarrow's default retry strategy, so workers derive their own from the same env instead.
+    """
+    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+                             connect_timeout=5, request_timeout=60, **s3_options_from_env())
+
+
+def ray_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for ray.data.read_parquet / write_parquet(path, filesystem=fs)."""
+    return filesystem(uri)
+
+
+def train_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for ray.train.RunConfig.
+
+    Ray Train wants storage_path without the scheme once storage_filesystem is given; locally an
+    absolute path and no filesystem.
+    """
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        return path, fs
+    return os.path.abspath(uri), None
+
+
+def ray_worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The S3/AWS variables to hand to Ray workers (runtime_env={"env_vars": ...}) on a local cluster.
+
+    On a real cluster nodes get credentials from their instance profile and this is usually empty.
+    """
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in AWS_ENV_KEYS}
+
+
+AWS_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                "AWS_EC2_METADATA_DISABLED")
 
 
 def join(uri: str, *parts: str) -> str:

@@ -24,3 +24,21 @@ def ray_local():
     init_local_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (SeaweedFS on 127.0.0.1) with bucket `fluxmusic-test`; the standard AWS variables
+    point at it for the whole session. Ray workers started before this fixture do not see them: pass
+    `pipelines.storage.ray_worker_env()` as runtime_env env_vars (or request this fixture before `ray_local`)."""
+    from tests.s3server import S3Server, restore_env, set_env
+
+    server = S3Server().start()
+    previous = set_env(server.env())
+    try:
+        server.bucket = "fluxmusic-test"
+        server.create_bucket(server.bucket)
+        yield server
+    finally:
+        restore_env(previous)
+        server.cleanup()

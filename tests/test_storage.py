@@ -1,0 +1,202 @@
+"""pipelines.storage against the local disk and a real S3 server (SeaweedFS on 127.0.0.1)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+from pipelines import storage
+from tests.s3server import SECRET_KEY, S3Server
+
+
+def small_table(n: int = 5) -> pa.Table:
+    return pa.table({"clip_id": [f"c{i:03d}" for i in range(n)], "value": np.arange(n, dtype=np.float32)})
+
+
+def test_s3_options_come_from_standard_env_only():
+    options = storage.s3_options_from_env({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1",
+                                           "AWS_SECRET_ACCESS_KEY": "never-passed"})
+    assert options == {"endpoint_override": "127.0.0.1:9000", "scheme": "http", "region": "eu-west-1"}
+    # The S3-specific endpoint wins over the generic one (AWS SDK rule).
+    options = storage.s3_options_from_env({"AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_S3": "https://b:2"})
+    assert options["endpoint_override"] == "b:2" and options["scheme"] == "https"
+    assert storage.s3_options_from_env({}) == {}
+
+
+def test_local_roundtrip_and_list(tmp_path):
+    root = str(tmp_path / "out")
+    storage.write_bytes_atomic(storage.join(root, "a", "x.bin"), b"abc")
+    storage.write_parquet_atomic(small_table(), storage.join(root, "b", "t.parquet"))
+    storage.write_bytes_atomic(storage.join(root, "b", "_SUCCESS"), b"")
+    assert storage.read_bytes(storage.join(root, "a", "x.bin")) == b"abc"
+    assert storage.read_parquet(storage.join(root, "b", "t.parquet")).equals(small_table())
+    assert storage.list_files(root) == [os.path.join(root, "a", "x.bin"), os.path.join(root, "b", "t.parquet")]
+    assert storage.list_files(root, ".parquet") == [os.path.join(root, "b", "t.parquet")]
+    assert storage.list_files(str(tmp_path / "missing")) == []
+
+
+class CrashBeforeRename:
+    """A local filesystem whose rename dies, as a process killed after writing the temp file would."""
+
+    def __init__(self):
+        self.inner = pafs.LocalFileSystem()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def move(self, src, dst):
+        raise KeyboardInterrupt("simulated crash before rename")
+
+
+def test_local_crashed_write_leaves_nothing_under_final_name(tmp_path, monkeypatch):
+    target = str(tmp_path / "d" / "f.parquet")
+    storage.write_bytes_atomic(target, b"old complete file")
+    real_filesystem = storage.filesystem
+    monkeypatch.setattr(storage, "filesystem", lambda uri: (CrashBeforeRename(), real_filesystem(uri)[1]))
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_bytes_atomic(target, b"x" * 100_000)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_bytes_atomic(str(tmp_path / "d" / "new.parquet"), b"x" * 100_000)
+    monkeypatch.undo()
+    assert storage.read_bytes(target) == b"old complete file"  # the old version, never a mix
+    assert not os.path.exists(tmp_path / "d" / "new.parquet")
+    assert storage.list_files(str(tmp_path)) == [target]  # leftovers never look like outputs
+
+
+def test_s3_roundtrip_bytes_parquet_list(s3_server):
+    root = s3_server.uri(f"rt-{uuid.uuid4().hex[:8]}")
+    storage.write_bytes_atomic(storage.join(root, "m", "manifest.json"), b'{"a": 1}')
+    storage.write_parquet_atomic(small_table(7), storage.join(root, "corpus", "p1.parquet"))
+    storage.write_parquet_atomic(small_table(3), storage.join(root, "corpus", "p0.parquet"))
+    assert storage.exists(storage.join(root, "m", "manifest.json"))
+    assert not storage.exists(storage.join(root, "m", "other.json"))
+    assert storage.read_bytes(storage.join(root, "m", "manifest.json")) == b'{"a": 1}'
+    assert storage.read_parquet(storage.join(root, "corpus", "p1.parquet")).equals(small_table(7))
+    assert storage.list_files(storage.join(root, "corpus"), ".parquet") == [
+        storage.join(root, "corpus", "p0.parquet"), storage.join(root, "corpus", "p1.parquet")]
+    assert storage.list_files(root, ".parquet") == storage.list_files(storage.join(root, "corpus"))
+    assert storage.list_files(s3_server.uri("nothing-here")) == []
+    # Visible to a plain boto3 client too: it is a real object in the bucket.
+    key = root.split("/", 3)[3] + "/m/manifest.json"
+    assert s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == b'{"a": 1}'
+
+
+def test_train_storage_and_ray_filesystem(s3_server, tmp_path):
+    path, fs = storage.train_storage(s3_server.uri("runs"))
+    assert path == f"{s3_server.bucket}/runs" and isinstance(fs, pafs.S3FileSystem)
+    fs.create_dir(path + "/probe", recursive=True)
+    assert fs.get_file_info(path + "/probe").type == pafs.FileType.Directory
+    assert storage.train_storage(str(tmp_path / "runs")) == (str(tmp_path / "runs"), None)
+    fs, path = storage.ray_filesystem(s3_server.uri("data/"))
+    assert path == f"{s3_server.bucket}/data" and isinstance(fs, pafs.S3FileSystem)
+    assert isinstance(storage.ray_filesystem(str(tmp_path))[0], pafs.LocalFileSystem)
+
+
+def test_credentials_never_logged_or_raised(s3_server, caplog, capfd):
+    """Errors (missing object, wrong bucket, bad credentials) and debug logs never carry the secret key."""
+    caplog.set_level(logging.DEBUG)
+    messages = []
+    for uri in (s3_server.uri("missing", "x.parquet"), "s3://no-such-bucket-zz/x.parquet"):
+        with pytest.raises(Exception) as error:
+            storage.read_parquet(uri)
+        messages.append(f"{error.value!r} {error.value}")
+    fs = storage.s3_filesystem()
+    messages.append(repr(fs))
+    messages.append(str(fs.__reduce__()))  # what pickling would send to a Ray worker
+    out, err = capfd.readouterr()
+    text = "\n".join([*messages, caplog.text, out, err])
+    assert "missing" in text  # the errors were captured: this test can see what was said
+    assert SECRET_KEY not in text
+
+
+def test_s3_write_rides_over_server_restart_and_is_never_partial(s3_server):
+    """SIGKILL the server while a multipart upload is in flight, bring it back: the write succeeds with
+    the full payload, and while it was incomplete no object was visible under the final key."""
+    key_uri = s3_server.uri(f"big-{uuid.uuid4().hex[:8]}", "part.bin")
+    payload = np.random.default_rng(0).integers(0, 255, 48 * 2**20, dtype=np.uint8).tobytes()
+    client = s3_server.client()
+    prefix = key_uri.split("/", 3)[3]
+    result: dict = {}
+
+    def write():
+        try:
+            storage.write_bytes_atomic(key_uri, payload)
+            result["ok"] = True
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not client.list_multipart_uploads(Bucket=s3_server.bucket,
+                                                                            Prefix=prefix).get("Uploads"):
+        time.sleep(0.02)
+    assert "ok" not in result, "upload finished before the restart: make the payload larger"
+    assert not storage.exists(key_uri)
+    s3_server.restart(graceful=False, down_s=1.0)
+    writer.join(timeout=120)
+    assert result.get("ok"), result
+    assert storage.read_bytes(key_uri) == payload
+
+
+def test_s3_write_fails_clearly_when_server_stays_down(tmp_path):
+    """A server that dies mid-upload and stays down: a clear error, and after it returns nothing under the
+    final key (no half object)."""
+    server = S3Server(data_dir=str(tmp_path / "weed")).start()
+    try:
+        server.bucket = "outage"
+        server.create_bucket(server.bucket)
+        env = server.env()
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            uri = server.uri("x", "part.bin")
+            prefix = "x/part.bin"
+            client = server.client()
+            payload = b"\1" * (48 * 2**20)
+            result: dict = {}
+            writer = threading.Thread(target=lambda: _capture(result, storage.write_bytes_atomic, uri, payload))
+            writer.start()
+            while writer.is_alive() and not client.list_multipart_uploads(Bucket="outage", Prefix=prefix).get("Uploads"):
+                time.sleep(0.02)
+            server.stop(graceful=False)
+            writer.join(timeout=300)
+            assert "error" in result, result
+            assert "part.bin" in str(result["error"]) or "S3" in str(result["error"])
+            server.start()
+            assert not storage.exists(uri)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    finally:
+        server.cleanup()
+
+
+def _capture(result: dict, fn, *args) -> None:
+    try:
+        fn(*args)
+        result["ok"] = True
+    except Exception as e:  # noqa: BLE001 - the test inspects it
+        result["error"] = e
+
+
+def test_ray_data_parquet_through_s3(s3_server, ray_local):
+    """Ray Data writes and reads Parquet on S3 through ray_filesystem; workers get the env explicitly."""
+    ray = ray_local
+    remote_args = {"runtime_env": {"env_vars": storage.ray_worker_env()}}
+    fs, path = storage.ray_filesystem(s3_server.uri(f"ray-{uuid.uuid4().hex[:8]}"))
+    items = [{"clip_id": f"c{i:03d}", "value": float(i)} for i in range(40)]
+    ds = ray.data.from_items(items).repartition(4)
+    ds.write_parquet(path, filesystem=fs, ray_remote_args=remote_args)
+    written = storage.list_files("s3://" + path, ".parquet")
+    assert len(written) >= 2
+    back = ray.data.read_parquet(path, filesystem=fs, ray_remote_args=remote_args).to_pandas()
+    assert sorted(back["clip_id"]) == [it["clip_id"] for it in items]
+    assert back["value"].sum() == sum(range(40))
