@@ -9,6 +9,7 @@ import functools
 import io
 import json
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -56,11 +57,10 @@ def _soundfile_blocks(source: AudioSource, block_frames: int) -> tuple[int, int,
     return handle.samplerate, handle.channels, blocks()
 
 
-def _ffmpeg_probe(source: AudioSource) -> tuple[int, int]:
+def _ffmpeg_probe(path: str) -> tuple[int, int]:
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-           "-of", "json", "-i", "pipe:0" if isinstance(source, bytes) else source]
-    done = subprocess.run(cmd, input=source if isinstance(source, bytes) else None, capture_output=True,
-                          stdin=None if isinstance(source, bytes) else subprocess.DEVNULL, timeout=120)
+           "-of", "json", "-i", path]
+    done = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
     streams = json.loads(done.stdout or b"{}").get("streams") if done.returncode == 0 else None
     if not streams:
         raise DecodeError(f"ffprobe: no audio stream ({done.stderr.decode(errors='replace').strip()[-300:]})")
@@ -68,22 +68,26 @@ def _ffmpeg_probe(source: AudioSource) -> tuple[int, int]:
 
 
 def _ffmpeg_blocks(source: AudioSource, block_frames: int) -> tuple[int, int, Iterator[np.ndarray]]:
-    """ffmpeg decodes to f32le on a stdout pipe at the native rate; -xerror turns corrupt data into a failure."""
-    rate, channels = _ffmpeg_probe(source)
-    cmd = ["ffmpeg", "-v", "error", "-xerror", "-nostdin", "-i", "pipe:0" if isinstance(source, bytes) else source,
-           "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if isinstance(source, bytes) else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """ffmpeg decodes to f32le on a stdout pipe at the native rate; -xerror turns corrupt data into a failure.
+
+    Bytes are spooled to a temporary file, not stdin: MP4/M4A often keep their index (moov) at the end,
+    which a demuxer cannot reach on a pipe.
+    """
+    spool = None
     if isinstance(source, bytes):
-        # A feeder thread: writing stdin while reading stdout from one thread can deadlock on full pipes.
-        def feed() -> None:
-            try:
-                proc.stdin.write(source)
-            except (BrokenPipeError, OSError):
-                pass
-            finally:
-                proc.stdin.close()
-        threading.Thread(target=feed, daemon=True).start()
+        spool = tempfile.NamedTemporaryFile(prefix="fluxmusic-decode-")
+        spool.write(source)
+        spool.flush()
+    path = spool.name if spool else source
+    try:
+        rate, channels = _ffmpeg_probe(path)
+    except Exception:
+        if spool:
+            spool.close()
+        raise
+    cmd = ["ffmpeg", "-v", "error", "-xerror", "-nostdin", "-i", path, "-map", "0:a:0", "-f", "f32le",
+           "-acodec", "pcm_f32le", "pipe:1"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr: list[bytes] = []
     reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
     reader.start()
@@ -102,6 +106,8 @@ def _ffmpeg_blocks(source: AudioSource, block_frames: int) -> tuple[int, int, It
             proc.stdout.close()
             code = proc.wait()
             reader.join()
+            if spool:
+                spool.close()
         if code != 0:
             raise DecodeError(f"ffmpeg exit {code}: {b''.join(stderr).decode(errors='replace').strip()[-300:]}")
 
