@@ -26,7 +26,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-S3_MAX_ATTEMPTS = 10  # rides over a few seconds of S3 downtime (boto3's default 3 does not)
+S3_MAX_ATTEMPTS = 10  # default: rides over a few seconds of S3 downtime (boto3's default 3 does not)
 
 
 def s3_options_from_env(environ: Mapping[str, str] | None = None) -> dict:
@@ -50,7 +50,8 @@ def s3_filesystem() -> pafs.S3FileSystem:
     Call it in each process (driver, Ray worker): a filesystem pickled to a Ray worker comes back with
     pyarrow's default retry strategy, so workers derive their own from the same env instead.
     """
-    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or S3_MAX_ATTEMPTS)  # the standard AWS variable
+    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
                              connect_timeout=5, request_timeout=60, **s3_options_from_env())
 
 
@@ -81,7 +82,7 @@ def ray_worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 AWS_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_MAX_ATTEMPTS",
                 "AWS_EC2_METADATA_DISABLED")
 
 

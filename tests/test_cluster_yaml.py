@@ -1,0 +1,78 @@
+"""ray_cluster.yaml validates offline against Ray's own schema and holds no credentials."""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+CLUSTER_YAML = Path(__file__).resolve().parent.parent / "ray_cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def validated(config: dict) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # offline: never ask EC2 for anything
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def test_validates_against_ray_schema(cluster):
+    prepared = validated(cluster)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+
+
+def test_schema_check_is_live(cluster):
+    """The validator rejects a broken config, so the test above can fail."""
+    broken = copy.deepcopy(cluster)
+    broken["available_node_types"]["cpu"]["resources"] = "32 CPUs"
+    with pytest.raises(Exception):
+        validated(broken)
+
+
+def test_node_roles(cluster):
+    types = cluster["available_node_types"]
+    head = types[cluster["head_node_type"]]
+    assert head["resources"] == {"CPU": 0, "GPU": 0}, "no tasks may be scheduled on the head"
+    for name, node in types.items():
+        assert {"CPU", "GPU"} <= set(node["resources"]), f"{name}: counts must be explicit (offline validation)"
+        assert node["node_config"]["IamInstanceProfile"], f"{name}: S3 comes from the instance profile"
+    assert types["cpu"]["resources"]["GPU"] == 0 and types["cpu"]["node_config"]["InstanceMarketOptions"]
+    assert types["gpu_train"]["resources"]["GPU"] == 8 and "train_node" in types["gpu_train"]["resources"]
+    assert all(types[t]["resources"]["GPU"] > 0 for t in ("gpu_infer", "gpu_train"))
+    assert sum(t.get("max_workers", 0) for n, t in types.items() if n != cluster["head_node_type"]) >= 1
+
+
+def test_gpu_nodes_get_cuda_torch_and_vllm_stays_apart(cluster):
+    types = cluster["available_node_types"]
+    for name in ("gpu_infer", "gpu_train"):
+        setup = " ".join(types[name]["worker_setup_commands"])
+        assert "whl/cu" in setup and "pip install" in setup and "fluxmusic-pipeline" in setup
+    assert "whl/cpu" in " ".join(types["cpu"]["worker_setup_commands"])
+    main_env = [c for c in types["gpu_infer"]["worker_setup_commands"] if "~/venv/" in c]
+    assert not any("[gpu]" in c or "vllm" in c for c in main_env)
+    assert any("venv-vllm" in c and "[gpu]" in c for c in types["gpu_infer"]["worker_setup_commands"])
+
+
+def test_dashboard_on_loopback(cluster):
+    head_start = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in CLUSTER_YAML.read_text()
+
+
+def test_no_credentials_in_file():
+    text = CLUSTER_YAML.read_text()
+    patterns = [r"AKIA[0-9A-Z]{16}", r"ASIA[0-9A-Z]{16}", r"(?i)aws_secret_access_key", r"(?i)aws_access_key_id",
+                r"(?i)secret[_-]?key\s*[:=]", r"(?i)session[_-]?token", r"(?i)password", r"-----BEGIN",
+                r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"]
+    for pattern in patterns:
+        assert not re.search(pattern, text), pattern
+    assert "ssh_private_key" not in yaml.safe_load(text)["auth"]
