@@ -70,6 +70,7 @@ class TrainConfig:
     kit: str = ""                       # "" = the corpus manifest's kit
     max_failures: int = 0
     cpus_per_worker: float = 0.5        # fractional on CPU: whole-CPU workers starve Ray Data on small hosts
+    materialize_data: bool = False      # hold the corpus in the object store (only when it fits)
 
     def resolved_strategy(self) -> str:
         strategy = self.strategy or ("fsdp" if self.size in FSDP_SIZES else "ddp")
@@ -134,7 +135,7 @@ class CorpusCollate:
                 "txt": txt, "txt_mask": mask, "y": stack("clap", (self.clap_dim,))}
 
 
-def corpus_datasets(data: str) -> dict:
+def corpus_datasets(data: str, materialize: bool = False) -> dict:
     """Ray datasets "train" and "valid" over the corpus, in a deterministic order (sorted files, rows as stored)."""
     import pyarrow.compute as pc
     import ray.data
@@ -144,14 +145,15 @@ def corpus_datasets(data: str) -> dict:
         raise FileNotFoundError(f"no corpus parquet files under {storage.join(data, 'corpus')}")
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
-    table = ray.data.read_parquet(paths, filesystem=fs, columns=TRAIN_COLUMNS, shuffle=None)
+    table = ray.data.read_parquet(paths, filesystem=fs, shuffle=None).select_columns(TRAIN_COLUMNS)
 
     def split(name: str):
         return table.map_batches(lambda t: t.filter(pc.equal(t["split"], name)), batch_format="pyarrow",
                                  batch_size=None)
 
-    # materialised once on the driver: each epoch then re-reads blocks from the object store, not Parquet
-    return {"train": split("train").materialize(), "valid": split("valid").materialize()}
+    datasets = {"train": split("train"), "valid": split("valid")}
+    # materialised (small corpora): every epoch re-reads blocks from the object store instead of Parquet
+    return {k: v.materialize() for k, v in datasets.items()} if materialize else datasets
 
 
 def global_micro_batches(shard, *, rows: int, collate: CorpusCollate, seed: int, shuffle_buffer: int, epoch: int,
@@ -678,7 +680,7 @@ def run_training(config: TrainConfig, *, resume: bool = False):
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures)),
-        datasets=corpus_datasets(config.data),
+        datasets=corpus_datasets(config.data, config.materialize_data),
         # unsplit + ordered: every worker sees the same stream and takes its own rows (deterministic sharding)
         dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                             execution_options=ExecutionOptions(preserve_order=True)),
