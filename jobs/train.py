@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=defaults.eval_every)
     p.add_argument("--eval-reference", default="")
     p.add_argument("--max-failures", type=int, default=defaults.max_failures)
+    p.add_argument("--shuffle-buffer", type=int, default=0, help="seeded local shuffle rows; 0 = 4 micro-batches")
     p.add_argument("--materialize-data", action="store_true", help="hold a small corpus in the object store")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--kit", default="", help="default: the corpus manifest's kit")
