@@ -1,0 +1,187 @@
+"""Evaluator on the tiny kit (reference cache, metric plumbing) and jobs/evaluate.py end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from pipelines.constants import CLIP_SAMPLES, SAMPLE_RATE
+
+
+def _tones(freqs: list[float], rate: int = SAMPLE_RATE, seconds: float = 10.24, seed: int = 0) -> np.ndarray:
+    """Harmonic tones with a little noise: [len(freqs), rate * seconds] float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(rate * seconds))) / rate
+    out = [0.4 * np.sin(2 * np.pi * f * t) + 0.2 * np.sin(2 * np.pi * 2.01 * f * t)
+           + 0.02 * rng.normal(size=t.size) for f in freqs]
+    return np.asarray(out, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("eval-cache"))
+
+
+@pytest.fixture(scope="module")
+def evaluator(cache_dir):
+    from pipelines.evaluation import Evaluator
+
+    return Evaluator("tiny", cache_dir=cache_dir, batch_size=4, labels="music")
+
+
+def test_reference_stats_are_cached_on_disk(evaluator, cache_dir):
+    from pipelines.evaluation import Evaluator, cache_uri
+
+    reference = _tones([220, 330, 440, 550, 660])
+    before = evaluator.clips_embedded
+    stats = evaluator.reference(reference, "tones-5", ids=list("abcde"))
+    assert evaluator.clips_embedded - before == 5
+    assert stats.mu.shape == (16,) and stats.sigma.shape == (16, 16) and stats.probs.shape[0] == 5
+    np.testing.assert_allclose(stats.probs.sum(axis=1), 1.0, rtol=1e-9)
+
+    # The second call reads the cache file: nothing is embedded, the audio is not even produced.
+    calls = []
+    cached = evaluator.reference(lambda: calls.append(1) or reference, "tones-5")
+    assert evaluator.clips_embedded - before == 5 and calls == []
+    np.testing.assert_array_equal(cached.mu, stats.mu)
+    np.testing.assert_array_equal(cached.sigma, stats.sigma)
+    assert cached.ids == list("abcde")
+
+    # The cache is on disk: remove its file and the next call embeds again.
+    entry = Path(cache_uri(cache_dir, "tones-5", evaluator.embedder_id, evaluator.classifier_id))
+    assert entry.is_file()
+    entry.unlink()
+    evaluator.reference(reference, "tones-5")
+    assert evaluator.clips_embedded - before == 10
+
+    # Another set key, or another classifier (label temperature), is another cache entry.
+    evaluator.reference(reference[:3], "tones-3")
+    assert evaluator.clips_embedded - before == 13
+    other = Evaluator("tiny", cache_dir=cache_dir, batch_size=4, labels="music", label_temperature=0.5)
+    other.reference(reference, "tones-5")
+    assert other.clips_embedded == 5
+    assert other.classifier_id != evaluator.classifier_id
+    assert Path(cache_uri(cache_dir, "tones-5", other.embedder_id, other.classifier_id)).is_file()
+
+
+def test_score_against_itself_and_against_other_audio(evaluator):
+    reference = _tones([200, 300, 400, 500, 600, 700], seed=1)
+    evaluator.reference(reference, "tones-6")
+    prompts = ["a calm piano melody with soft strings"] * 6
+    same = evaluator.score(reference, prompts, "tones-6")
+    assert set(same) >= {"fad", "kl", "is", "is_std", "clap_score", "n_generated", "n_reference", "kl_pairs"}
+    assert same["fad"] == pytest.approx(0.0, abs=1e-9)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-12) and same["kl_pairs"] == 6
+    assert same["is"] >= 1.0 - 1e-12
+    assert -1.0 <= same["clap_score"] <= 1.0
+
+    noise = np.random.default_rng(2).normal(scale=0.3, size=(6, CLIP_SAMPLES)).astype(np.float32)
+    other = evaluator.score(noise, prompts, "tones-6")
+    assert other["fad"] > 1e-6 and other["kl"] > 0
+
+    # clap_score is the mean cosine of the prompt and audio embeddings, computed by the kit's CLAP.
+    from pipelines.metrics import clap_score
+
+    expected = clap_score(evaluator.clap.text(prompts), evaluator.clap.audio(noise))
+    assert other["clap_score"] == pytest.approx(expected, rel=1e-6)
+    assert evaluator.describe()["classifier"] == "clap-zero-shot"
+    with pytest.raises(KeyError):
+        evaluator.score(noise, prompts, "never-seen")
+
+
+def _tiny_checkpoint(folder) -> str:
+    """A checkpoint in the training loop's state.pt layout (model_config + ema weights) for the tiny kit."""
+    from model import build_model
+    from model.tiny_kit import CLAP_TEXT_DIM, T5_DIM
+
+    torch.manual_seed(0)
+    model = build_model("tiny", context_in_dim=T5_DIM, vec_in_dim=CLAP_TEXT_DIM)
+    folder.mkdir()
+    torch.save({"ema": model.state_dict(), "model": model.state_dict(),
+                "model_config": {"size": "tiny", "context_in_dim": T5_DIM, "vec_in_dim": CLAP_TEXT_DIM,
+                                 "vae_scaling_factor": 0.4110932946205139, "kit": "tiny"}}, folder / "state.pt")
+    return str(folder)
+
+
+def test_evaluate_job_end_to_end(tmp_path):
+    from jobs import evaluate
+
+    # Reference clips: 44.1 kHz stereo WAVs (decoded, down-mixed and resampled by pipelines.audio).
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    captions = ["a calm piano melody", "an energetic rock song with drums", "ambient pads with reverb"]
+    tones = _tones([220, 330, 440], rate=44_100, seconds=11.0)
+    with open(tmp_path / "prompts.csv", "w") as f:
+        f.write("id,caption,audio\n")
+        for i, (caption, wave) in enumerate(zip(captions, tones)):
+            sf.write(refs / f"r{i}.wav", np.stack([wave, 0.5 * wave], axis=1), 44_100)
+            f.write(f"p{i},{caption},refs/r{i}.wav\n")
+        f.write("p3,an extra prompt beyond --num-clips,refs/r0.wav\n")
+
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint_step_00000010")
+    out = tmp_path / "eval"
+    args = ["--prompts", str(tmp_path / "prompts.csv"), "--num-clips", "3", "--steps", "2", "--cfg", "3.5",
+            "--seed", "7", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--labels", "music"]
+    assert evaluate.main(["--checkpoint", checkpoint, "--output", str(out), *args]) == 0
+
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["kit"] == "tiny" and report["checkpoint"] == checkpoint and report["num_clips"] == 3
+    assert report["seeds"] == [7, 8] and report["classifier"] == "clap-zero-shot"
+    assert report["params"] > 0 and report["model"] == "checkpoint_step_00000010"
+    m = report["metrics"]
+    assert m["n_generated"] == 3 and m["n_reference"] == 3 and m["kl_pairs"] == 3
+    assert all(np.isfinite(m[k]) for k in ("fad", "kl", "is", "clap_score"))
+    table = (out / "metrics.md").read_text().splitlines()
+    assert table[0] == "| Model | Params | FAD↓ | KL↓ | IS↑ | CLAP↑ |"
+    assert table[2].startswith("| checkpoint_step_00000010 | ") and f"{m['fad']:.2f}" in table[2]
+    generated = sorted(p.name for p in (out / "generated").iterdir())
+    assert generated == ["p0.wav", "p1.wav", "p2.wav"]
+    wave, rate = sf.read(out / "generated" / "p0.wav")
+    assert rate == SAMPLE_RATE and wave.shape == (CLIP_SAMPLES,)
+
+    assert len(list((tmp_path / "cache").glob("reference-*.npz"))) == 1
+
+    # The saved WAVs scored with --generated give the same numbers (float WAVs are lossless); the reference
+    # statistics come from the cache (still one entry).
+    out2 = tmp_path / "eval2"
+    assert evaluate.main(["--generated", str(out / "generated"), "--kit", "tiny", "--output", str(out2), *args]) == 0
+    again = json.loads((out2 / "metrics.json").read_text())
+    for key in ("fad", "kl", "is", "clap_score"):
+        assert again["metrics"][key] == pytest.approx(m[key], rel=1e-6, abs=1e-9), key
+    assert again["checkpoint"] is None and again["seeds"] == [] and again["model"] == "generated"
+    assert "| generated | - |" in (out2 / "metrics.md").read_text()
+    assert len(list((tmp_path / "cache").glob("reference-*.npz"))) == 1
+
+
+def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
+    from jobs.evaluate import read_corpus, read_prompt_file
+
+    (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
+    ps = read_prompt_file(str(tmp_path / "p.txt"))
+    assert ps.ids == ["000", "001"] and ps.captions == ["first prompt", "second prompt"] and ps.reference is None
+
+    (tmp_path / "p.jsonl").write_text('{"id": "x", "caption": "one"}\n{"id": "y", "caption": "two"}\n')
+    assert read_prompt_file(str(tmp_path / "p.jsonl")).ids == ["x", "y"]
+
+    # A corpus: reference clips are re-decoded from source_uri at start_seconds and normalised (peak 0.5).
+    track = _tones([330], rate=22_050, seconds=25.0)[0]
+    track[int(10.24 * 22_050):] *= 0.1          # the second clip is quieter in the source
+    sf.write(tmp_path / "track.flac", track, 22_050)
+    (tmp_path / "corpus" / "corpus").mkdir(parents=True)
+    uri = str(tmp_path / "track.flac")
+    table = pa.table({"clip_id": ["t-00001", "t-00000", "t-00002"], "source_uri": [uri] * 3,
+                      "start_seconds": [10.24, 0.0, 20.48], "duration_seconds": [10.24, 10.24, 4.52],
+                      "caption": ["second", "first", "third"], "split": ["valid", "valid", "train"]})
+    pq.write_table(table, tmp_path / "corpus" / "corpus" / "part.parquet")
+    ps = read_corpus(str(tmp_path / "corpus"), "valid")
+    assert ps.ids == ["t-00000", "t-00001"] and ps.captions == ["first", "second"]
+    clips = ps.reference()
+    assert clips.shape == (2, CLIP_SAMPLES)
+    np.testing.assert_allclose(np.abs(clips).max(axis=1), 0.5, rtol=1e-3)
+    assert ps.head(1).ids == ["t-00000"] and ps.head(1).reference().shape == (1, CLIP_SAMPLES)
