@@ -185,11 +185,11 @@ def test_ray_data_parquet_through_s3(s3_server, ray_local):
     ray = ray_local
     remote_args = {"runtime_env": {"env_vars": storage.ray_worker_env()}}
     fs, path = storage.ray_filesystem(s3_server.uri(f"ray-{uuid.uuid4().hex[:8]}"))
-    items = [{"clip_id": f"c{i:03d}", "value": float(i)} for i in range(40)]
-    ds = ray.data.from_items(items).repartition(4)
+    items = [{"clip_id": f"c{i:03d}", "value": float(i)} for i in range(20)]
+    ds = ray.data.from_items(items).repartition(2)
     ds.write_parquet(path, filesystem=fs, ray_remote_args=remote_args)
     written = storage.list_files("s3://" + path, ".parquet")
     assert len(written) >= 2
     back = ray.data.read_parquet(path, filesystem=fs, ray_remote_args=remote_args).to_pandas()
     assert sorted(back["clip_id"]) == [it["clip_id"] for it in items]
-    assert back["value"].sum() == sum(range(40))
+    assert back["value"].sum() == sum(range(20))
