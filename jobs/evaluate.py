@@ -1,4 +1,4 @@
-"""Score text-to-music generations: FAD, KL, IS and CLAP score (docs/evaluation.md).
+r"""Score text-to-music generations: FAD, KL, IS and CLAP score (docs/evaluation.md).
 
     python jobs/evaluate.py --checkpoint runs/small/checkpoint_step_00200000 --corpus out/corpus --split valid \
         --num-clips 1000 --output eval/small-200k
@@ -196,7 +196,7 @@ def read_corpus(output: str, split: str) -> PromptSet:
         raise SystemExit(f"--corpus {output}: no clips in split {split!r}")
     rows.sort(key=lambda r: r["clip_id"])
 
-    def reference(rows=rows) -> np.ndarray:
+    def reference() -> np.ndarray:
         from pipelines.audio import decode, normalise
 
         tracks: dict[str, np.ndarray] = {}
@@ -209,10 +209,8 @@ def read_corpus(output: str, split: str) -> PromptSet:
         return np.stack(clips)
 
     ids = [r["clip_id"] for r in rows]
-    ps = PromptSet(f"corpus:{output}:{split}", ids, [r["caption"] for r in rows], None, f"corpus:{output}:{split}")
-    ps.reference = lambda: reference()
-    ps.key = f"corpus:{output}:{split}:{_digest(ids)}"
-    return ps
+    return PromptSet(f"corpus:{output}:{split}", ids, [r["caption"] for r in rows], reference,
+                     f"corpus:{output}:{split}:{_digest(ids)}")
 
 
 def read_wav_dir(folder: str, ids: list[str]) -> np.ndarray:

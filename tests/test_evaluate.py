@@ -185,3 +185,23 @@ def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
     assert clips.shape == (2, CLIP_SAMPLES)
     np.testing.assert_allclose(np.abs(clips).max(axis=1), 0.5, rtol=1e-3)
     assert ps.head(1).ids == ["t-00000"] and ps.head(1).reference().shape == (1, CLIP_SAMPLES)
+
+
+def test_prompt_set_from_saved_hf_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from jobs.evaluate import read_hf_dataset
+
+    tones = _tones([250, 500], rate=44_100, seconds=12.0)
+    paths = []
+    for i, wave in enumerate(tones):
+        paths.append(str(tmp_path / f"a{i}.wav"))
+        sf.write(paths[-1], wave, 44_100)
+    ds = datasets.Dataset.from_dict({"caption": ["low tone", "high tone"], "audio": paths})
+    ds.cast_column("audio", datasets.Audio()).save_to_disk(str(tmp_path / "ds"))
+    ps = read_hf_dataset(str(tmp_path / "ds"))
+    assert ps.ids == ["000", "001"] and ps.captions == ["low tone", "high tone"]
+    clips = ps.reference()
+    assert clips.shape == (2, CLIP_SAMPLES)
+    # 250 Hz vs 500 Hz survive decoding + resampling: compare zero-crossing rates.
+    crossings = (np.diff(np.sign(clips), axis=1) != 0).sum(axis=1)
+    assert 1.8 < crossings[1] / crossings[0] < 2.2
