@@ -89,6 +89,7 @@ class ModelRef:
     dtype: str = "float32"
     tokenizer_subfolder: str | None = None   # where the tokenizer lives if not beside the weights (SD3 layout)
     gguf_file: str | None = None             # a single GGUF file inside path (llm only)
+    chat_template: str | None = None         # Jinja chat template for a tokenizer that has none (llm only)
     kit_root: Path | None = None             # folder of the kit file, for relative paths
 
     @property
@@ -130,6 +131,8 @@ class ModelRef:
         if folder is None:
             return None
         want = folder / self.gguf_file if self.gguf_file else folder / (self.subfolder or "")
+        if not want.exists() and kind == "pkg" and self.gguf_file:
+            return _assembly_problem(self.path[len("pkg://"):].partition("/")[0])  # assembled on first load
         return None if want.exists() else f"local path missing: {want}"
 
     def location(self) -> str:
@@ -180,9 +183,20 @@ def _assembled_gguf_folder(module: str, filename: str, build: bool) -> Path:
         tmp = folder / f".{filename}.{os.getpid()}.tmp"
         mod.assemble(output_path=tmp, overwrite=True)
         os.replace(tmp, folder / filename)
-    elif not build and not (folder / filename).exists():
-        importlib.import_module(module)  # assembly is possible if the package imports
     return folder
+
+
+def _assembly_problem(module: str) -> str | None:
+    """None if a chunked-GGUF package can assemble its file (checked without assembling it)."""
+    try:
+        mod = importlib.import_module(module)
+        if not callable(getattr(mod, "assemble", None)):
+            return f"package {module!r} has neither the GGUF file nor an assemble()"
+        if callable(getattr(mod, "verify_chunks", None)):
+            mod.verify_chunks()
+    except Exception as e:  # noqa: BLE001
+        return f"package {module!r} cannot assemble its GGUF file: {e}"
+    return None
 
 
 def _download_s3(uri: str) -> Path:
@@ -286,7 +300,10 @@ class Kit:
         if ref.gguf_file:
             kw["gguf_file"] = tok_kw["gguf_file"] = ref.gguf_file
         model = _ready(AutoModelForCausalLM.from_pretrained(where, **kw), device)
-        return model, AutoTokenizer.from_pretrained(where, **tok_kw)
+        tokenizer = AutoTokenizer.from_pretrained(where, **tok_kw)
+        if ref.chat_template and not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = ref.chat_template
+        return model, tokenizer
 
 
 def torch_dtype(name: str):
@@ -339,7 +356,7 @@ def load_kit(name_or_path: str) -> Kit:
         if not isinstance(entry, dict) or not entry.get("path"):
             problems.append(f"role {role!r} needs a 'path'")
             continue
-        unknown = set(entry) - {"path", "subfolder", "dtype", "tokenizer_subfolder", "gguf_file"}
+        unknown = set(entry) - {"path", "subfolder", "dtype", "tokenizer_subfolder", "gguf_file", "chat_template"}
         dtype = entry.get("dtype", "float32")
         if unknown:
             problems.append(f"role {role!r} has unknown keys {sorted(unknown)}")
@@ -347,7 +364,8 @@ def load_kit(name_or_path: str) -> Kit:
             problems.append(f"role {role!r} dtype {dtype!r} is not one of {DTYPES}")
         refs[role] = ModelRef(role=role, path=str(entry["path"]), subfolder=entry.get("subfolder"), dtype=dtype,
                               tokenizer_subfolder=entry.get("tokenizer_subfolder"),
-                              gguf_file=entry.get("gguf_file"), kit_root=root)
+                              gguf_file=entry.get("gguf_file"), chat_template=entry.get("chat_template"),
+                              kit_root=root)
     if problems:
         raise KitError(f"kit file {path}: " + "; ".join(problems))
     notes = {k: v for k, v in data.items() if k not in ROLES and k != "name"}

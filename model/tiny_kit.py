@@ -7,12 +7,13 @@ on a small music-caption word list with the `tokenizers` library.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 # Bump when anything below changes: a cached build with another version is rebuilt.
-TINY_KIT_VERSION = 1
+TINY_KIT_VERSION = 2
 
 T5_DIM = 64
 CLAP_TEXT_DIM = 32          # text_model pooler_output (the conditioning vector)
@@ -58,19 +59,27 @@ def _write_json(path: Path, obj: dict) -> None:
 # ---------------------------------------------------------------- tokenizers
 
 def _t5_tokenizer(out: Path) -> int:
-    """Unigram tokenizer with T5's ids: pad 0, eos 1, unk 2; EOS appended, never BOS."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Unigram tokenizer with T5's ids (pad 0, eos 1, unk 2; EOS appended, never BOS), SentencePiece-style
+    pieces. Scores are log word frequencies of the caption word list, computed here rather than by the
+    tokenizers Unigram trainer, whose order of equal-frequency pieces varies from run to run."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    words = Counter(w for text in _corpus() for w in text.lower().split())
+    total = sum(words.values())
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -12.0)]
+    pieces += [("\u2581" + w, math.log(n / total)) for w, n in sorted(words.items())]
+    chars = sorted({c for w in words for c in w})
+    pieces += [(c, -14.0) for c in chars] + [("\u2581" + c, -13.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
+    tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=512)
     fast.save_pretrained(out)
