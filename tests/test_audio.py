@@ -32,7 +32,8 @@ def test_decode_to_16k_mono_with_right_duration_and_content(tmp_path, sr, channe
     assert abs(len(decoded.audio) - 6.0 * C.SAMPLE_RATE) <= 1
     # Mono is the mean of the channels (as stored), resampled with soxr HQ.
     stored = sf.read(path, dtype="float32", always_2d=True)[0]
-    expected = stored.mean(axis=1) if sr == C.SAMPLE_RATE else soxr.resample(stored.mean(axis=1), sr, C.SAMPLE_RATE, "HQ")
+    mono = stored.mean(axis=1)
+    expected = mono if sr == C.SAMPLE_RATE else soxr.resample(mono, sr, C.SAMPLE_RATE, "HQ")
     np.testing.assert_allclose(decoded.audio, expected, atol=1e-5)
     # ... and close to the synthesised signal itself (8-bit quantisation is coarse).
     level = np.sqrt(np.mean(decoded.audio ** 2))
@@ -158,3 +159,21 @@ def test_log_mel_of_silence_is_the_floor_and_bad_shapes_are_refused():
     assert np.all(audio.clip_to_log_mel(np.zeros(C.CLIP_SAMPLES, np.float32)) == np.float32(np.log(1e-5)))
     with pytest.raises(ValueError, match="163840"):
         audio.clips_to_log_mel(np.zeros((1, 1000), np.float32))
+
+
+def test_decode_is_streamed_never_holding_the_full_rate_track(tmp_path):
+    import tracemalloc
+    path = str(tmp_path / "long.wav")
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=48_000, channels=6, subtype="PCM_16") as f:
+        for _ in range(30):                                    # 30 s of 6-channel 48 kHz noise, written per second
+            f.write(rng.uniform(-0.5, 0.5, (48_000, 6)))
+    full_rate_bytes = 30 * 48_000 * 6 * 4                      # 34.6 MB as float32
+    tracemalloc.start()
+    try:
+        decoded = audio.decode(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(decoded.audio) == 30 * C.SAMPLE_RATE
+    assert peak < full_rate_bytes / 4, f"peak {peak / 1e6:.1f} MB"   # blocks + the 1.9 MB 16 kHz result

@@ -5,6 +5,8 @@ import csv
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -145,24 +147,17 @@ def test_embedded_tags_vorbis_comments(tmp_path, fmt):
                                                 "key": "C", "comment": "soft pads"}
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (needed to encode AAC)")
 def test_embedded_tags_mp4_and_untagged_or_garbage(tmp_path):
-    from mutagen.mp4 import MP4, MP4Tags
-    path = tmp_path / "t.m4a"
-    # A minimal valid MP4 needs an encoder; the mutagen container is enough for tag reading.
-    import shutil
-    import subprocess
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg not installed")
-    write_tone_track(str(tmp_path / "t.wav"), 1.0, 44_100, 1, "wav")
-    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(tmp_path / "t.wav"), "-c:a", "aac", str(path)],
-                   check=True)
-    audio = MP4(str(path))
-    if audio.tags is None:
-        audio.tags = MP4Tags()
-    audio["\xa9nam"] = ["Harbour"]
-    audio["\xa9ART"] = ["Quay"]
-    audio["tmpo"] = [96]
-    audio.save()
-    assert sources.read_embedded_tags(str(path)) == {"title": "Harbour", "artist": "Quay", "bpm": "96"}
-    assert sources.read_embedded_tags(str(tmp_path / "t.wav")) == {}
+    from mutagen.mp4 import MP4
+    wav, m4a = str(tmp_path / "t.wav"), str(tmp_path / "t.m4a")
+    write_tone_track(wav, 1.0, 44_100, 1, "wav")
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", wav, "-c:a", "aac", m4a], check=True)
+    tagged = MP4(m4a)
+    tagged["\xa9nam"] = ["Harbour"]
+    tagged["\xa9ART"] = ["Quay"]
+    tagged["tmpo"] = [96]
+    tagged.save()
+    assert sources.read_embedded_tags(m4a) == {"title": "Harbour", "artist": "Quay", "bpm": "96"}
+    assert sources.read_embedded_tags(wav) == {}
     assert sources.read_embedded_tags(b"garbage" * 10) == {}
