@@ -60,18 +60,21 @@ def _text_mask(cond: dict) -> Tensor:
     return mask.bool()
 
 
-def _as_tokens(x: Tensor) -> Tensor:
-    """Accept a latent [B, C, H, W] or tokens [B, L, F]."""
-    return patchify(x) if x.dim() == 4 else x
+def _as_tokens(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """Accept a latent [B, C, H, W] (any even H, W) or tokens [B, 1024, F] of the standard grid."""
+    if x.dim() == 4:
+        return patchify(x), (x.shape[2] // PATCH, x.shape[3] // PATCH)
+    return x, (GRID_ROWS, GRID_COLS)
 
 
-def velocity(model: nn.Module, z: Tensor, t: Tensor, cond: dict) -> Tensor:
-    """Model velocity for tokens z [B, 1024, 32] at times t [B]; builds the ids."""
+def velocity(model: nn.Module, z: Tensor, t: Tensor, cond: dict, grid: tuple[int, int] = (GRID_ROWS, GRID_COLS)
+             ) -> Tensor:
+    """Model velocity for tokens z [B, rows*cols, F] at times t [B]; builds the ids."""
     b, length = z.shape[:2]
-    if length != GRID_ROWS * GRID_COLS:
-        raise ValueError(f"expected {GRID_ROWS * GRID_COLS} music tokens (latent {LATENT_SHAPE}), got {length}")
+    if length != grid[0] * grid[1]:
+        raise ValueError(f"expected {grid[0] * grid[1]} music tokens for a {grid} patch grid, got {length}")
     txt = cond["txt"]
-    return model(z, latent_ids(b, device=z.device), txt, text_ids(b, txt.shape[1], z.device),
+    return model(z, latent_ids(b, *grid, device=z.device), txt, text_ids(b, txt.shape[1], z.device),
                  _text_mask(cond), cond["y"], t)
 
 
@@ -81,13 +84,13 @@ def rectified_flow_loss(model: nn.Module, x0: Tensor, cond: dict, *, generator: 
 
     x0: scaled latent [B, 8, 256, 16] or its tokens [B, 1024, 32]. Unweighted, mean over tokens and channels.
     """
-    x0 = _as_tokens(x0)
+    x0, grid = _as_tokens(x0)
     b = x0.shape[0]
     t = torch.sigmoid(torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32))
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t_b = t.to(x0.dtype)[:, None, None]
     z_t = (1 - t_b) * x0 + t_b * noise
-    prediction = velocity(model, z_t, t, cond)
+    prediction = velocity(model, z_t, t, cond, grid)
     loss = (prediction.float() - (noise - x0).float()).pow(2).mean(dim=(1, 2))
     return loss, t
 
@@ -121,16 +124,16 @@ def sample(model: nn.Module, noise: Tensor, cond: dict, uncond: dict | None, *, 
 
     noise: [B, 8, 256, 16] or tokens [B, 1024, 32]; returns x0 of the same shape.
     """
-    z = _as_tokens(noise)
+    z, grid = _as_tokens(noise)
     b = z.shape[0]
     guided = uncond is not None and cfg_scale != 1.0
     batch_cond = cfg_batch(cond, uncond) if guided else cond
     for i in range(steps, 0, -1):
         t = torch.full((b,), i / steps, device=z.device, dtype=torch.float32)
         if guided:
-            v_cond, v_uncond = velocity(model, torch.cat((z, z)), torch.cat((t, t)), batch_cond).float().chunk(2)
+            v_cond, v_uncond = velocity(model, torch.cat((z, z)), torch.cat((t, t)), batch_cond, grid).float().chunk(2)
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
         else:
-            v = velocity(model, z, t, batch_cond).float()
+            v = velocity(model, z, t, batch_cond, grid).float()
         z = (z.float() - v / steps).to(z.dtype)
-    return unpatchify(z) if noise.dim() == 4 else z
+    return unpatchify(z, *grid) if noise.dim() == 4 else z
