@@ -1,4 +1,4 @@
-"""Build a small corpus of real music for the quick start and tests (about 33 clips; --small about 12).
+"""Build a small corpus of real music for the quick start and tests (34 clips; --small 13).
 
     python -m jobs.make_demo_corpus --output data/demo [--small]
 
@@ -31,6 +31,7 @@ SONIC_PI = (
     ("ambi_sauna", "ambient, drone, pad", "A warm ambient drone with slowly shifting tones."),
     ("ambi_haunted_hum", "ambient, dark, drone", ""),
     ("guit_em9", "guitar, chord, acoustic", ""),
+    ("ambi_piano", "piano, ambient", ""),                # 2.8 s: shorter than a clip's minimum, too_short
 )
 # The package's LICENSE-MUSIC labels: (mood, file, bpm, key, style)
 IMMICH = (
@@ -175,7 +176,7 @@ def build(output: str, small: bool = False) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True, help="folder to write the corpus into")
-    parser.add_argument("--small", action="store_true", help="a smaller corpus for tests (~12 clips)")
+    parser.add_argument("--small", action="store_true", help="a smaller corpus for tests (13 clips)")
     args = parser.parse_args(argv)
     rows = build(args.output, args.small)
     print(f"[make_demo_corpus] wrote {len(rows)} tracks + 2 broken files and metadata.csv to {args.output}")

@@ -133,6 +133,8 @@ def test_demo_corpus_small_end_to_end(tmp_path):
     assert reasons.get("empty") == 1 and reasons.get("unreadable") == 1          # the two broken files
     assert 8 <= reasons[""] <= 16
     by_name = {os.path.basename(r["source_uri"]): r for r in rows}
+    if "ambi_piano.flac" in by_name:                                             # Debian sonic-pi-samples installed
+        assert by_name["ambi_piano.flac"]["reject_reason"] == "too_short"
     if "frontiers.mp3" in by_name:                                               # Debian asc-music installed
         assert by_name["frontiers.mp3"]["metadata"]["title"] == "Frontiers"      # embedded ID3
     assert by_name["calm_acoustic_1.opus"]["metadata"]["caption"].startswith("A calm acoustic")
