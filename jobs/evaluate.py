@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="ema", choices=["ema", "model"], help="checkpoint weights (default: ema)")
     p.add_argument("--num-clips", type=int, default=None, help="evaluate the first N prompts (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per generation/embedding batch (default: 8)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="generate on Ray Data with this many workers (joins RAY_ADDRESS or starts a local Ray); "
+                        "1 = in this process (default: %(default)s)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per Ray generation worker (default: 1 when CUDA is available, else 0)")
     p.add_argument("--labels", default="audioset", choices=["audioset", "music"],
                    help="label set of the zero-shot CLAP classifier for KL/IS (default: all 527 AudioSet labels)")
     p.add_argument("--label-temperature", type=float, default=None,
@@ -226,21 +231,62 @@ def read_wav_dir(folder: str, ids: list[str]) -> np.ndarray:
 
 # ---------------------------------------------------------------- generation
 
-def generate(args: argparse.Namespace, kit: str, ids: list[str], captions: list[str]) -> tuple[np.ndarray, list[int], int]:
-    """Batched generation from the checkpoint; batch b uses seed + b. -> (audio, seeds, parameter count)."""
-    from model import count_parameters
-    from pipelines.generate import Generator, save_wav
+def generation_batches(ids: list[str], captions: list[str], batch_size: int, seed: int) -> list[dict]:
+    """Prompts cut into generation batches; batch b is generated with seed + b wherever it runs."""
+    return [{"seed": seed + b, "ids": ids[start:start + batch_size], "captions": captions[start:start + batch_size]}
+            for b, start in enumerate(range(0, len(captions), batch_size))]
 
-    generator = Generator(kit, args.checkpoint, weights=args.weights, device=args.device)
-    audio, seeds = [], []
-    for b, start in enumerate(range(0, len(captions), args.batch_size)):
-        seeds.append(args.seed + b)
-        audio.append(generator.generate(captions[start:start + args.batch_size], steps=args.steps,
-                                        cfg_scale=args.cfg, seed=args.seed + b))
-    audio = np.concatenate(audio)
+
+class GenerateBatch:
+    """One Generator per worker: a batch row {seed, ids, captions} -> {seed, ids, audio [b, 163840]}."""
+
+    def __init__(self, kit: str, checkpoint: str, *, weights: str, steps: int, cfg: float, device: str | None = None):
+        from pipelines.generate import Generator
+
+        self.generator = Generator(kit, checkpoint, weights=weights, device=device)
+        self.steps, self.cfg = steps, cfg
+
+    def __call__(self, row: dict) -> dict:
+        audio = self.generator.generate(list(row["captions"]), steps=self.steps, cfg_scale=self.cfg,
+                                        seed=int(row["seed"]))
+        return {"seed": int(row["seed"]), "ids": list(row["ids"]), "audio": audio}
+
+
+def generate_on_ray(batches: list[dict], worker_args: dict, workers: int, gpus_per_worker: float) -> list[dict]:
+    """The batches across a pool of `workers` Ray Data actors (one GPU each on a GPU cluster), in seed order."""
+    import ray.data
+
+    from pipelines.raylocal import init_local_ray
+
+    init_local_ray()
+    resources = {"num_gpus": gpus_per_worker} if gpus_per_worker else {"num_cpus": 0.5}  # fractional: 2-core hosts
+    ds = ray.data.from_items(batches, override_num_blocks=len(batches))
+    ds = ds.map(GenerateBatch, fn_constructor_kwargs=worker_args, concurrency=workers, **resources)
+    return sorted(ds.take_all(), key=lambda row: row["seed"])
+
+
+def generate(args: argparse.Namespace, kit: str, ids: list[str], captions: list[str]) -> tuple[np.ndarray, list[int], int]:
+    """Batched generation from the checkpoint, in process or on Ray (--workers > 1).
+    -> (audio [B, 163840] in prompt order, seeds, parameter count)."""
+    from model import count_parameters
+    from pipelines.generate import model_from_checkpoint, save_wav
+
+    batches = generation_batches(ids, captions, args.batch_size, args.seed)
+    worker_args = dict(kit=kit, checkpoint=args.checkpoint, weights=args.weights, steps=args.steps, cfg=args.cfg)
+    if args.workers > 1:
+        import torch
+
+        gpus = args.gpus_per_worker if args.gpus_per_worker is not None else float(torch.cuda.is_available())
+        done = generate_on_ray(batches, worker_args, args.workers, gpus)
+        params = int(count_parameters(model_from_checkpoint(args.checkpoint, args.weights)[0]))
+    else:
+        worker = GenerateBatch(**worker_args, device=args.device)
+        done = [worker(b) for b in batches]
+        params = int(count_parameters(worker.generator.model))
+    audio = np.concatenate([np.asarray(row["audio"], np.float32) for row in done])
     for i, clip in zip(ids, audio):
         save_wav(storage.join(args.output, "generated", f"{i}.wav"), clip)
-    return audio, seeds, int(count_parameters(generator.model))
+    return audio, [row["seed"] for row in done], params
 
 
 # ---------------------------------------------------------------- report
@@ -329,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     info = {"model": name, "params": params, "kit": kit, "checkpoint": args.checkpoint, "generated": args.generated,
             "prompt_source": prompt_set.source, "num_clips": len(prompt_set.ids), "seeds": seeds,
             "cfg": args.cfg if args.checkpoint else None, "steps": args.steps if args.checkpoint else None,
-            "weights": args.weights if args.checkpoint else None, "reference_key": ref.key,
+            "weights": args.weights if args.checkpoint else None,
+            "workers": args.workers if args.checkpoint else None, "reference_key": ref.key,
             **evaluator.describe(), "metrics": scores, "wall_seconds": round(time.time() - started, 2)}
     storage.write_bytes_atomic(storage.join(args.output, "metrics.json"),
                                json.dumps(_json_safe(info), indent=2).encode())

@@ -205,3 +205,18 @@ def test_prompt_set_from_saved_hf_dataset(tmp_path):
     # 250 Hz vs 500 Hz survive decoding + resampling: compare zero-crossing rates.
     crossings = (np.diff(np.sign(clips), axis=1) != 0).sum(axis=1)
     assert 1.8 < crossings[1] / crossings[0] < 2.2
+
+
+def test_generation_on_ray_matches_in_process(tmp_path, ray_local):
+    from jobs.evaluate import GenerateBatch, generate_on_ray, generation_batches
+
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
+    batches = generation_batches(["a", "b", "c"], ["calm piano", "loud drums", "soft strings"], 2, seed=3)
+    assert [b["seed"] for b in batches] == [3, 4] and batches[1]["ids"] == ["c"]
+    worker_args = dict(kit="tiny", checkpoint=checkpoint, weights="ema", steps=1, cfg=2.0)
+    on_ray = generate_on_ray(batches, worker_args, workers=2, gpus_per_worker=0.0)
+    local = GenerateBatch(**worker_args, device="cpu")
+    assert [row["seed"] for row in on_ray] == [3, 4]
+    for row, batch in zip(on_ray, batches):
+        assert list(row["ids"]) == batch["ids"]
+        np.testing.assert_allclose(np.asarray(row["audio"]), local(batch)["audio"], atol=1e-5)
