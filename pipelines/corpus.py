@@ -126,7 +126,8 @@ def add_log_mel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ok = batch["reject_reason"] == ""
     mel = np.zeros((len(ok), constants.MEL_FRAMES, constants.N_MELS), np.float32)
     if ok.any():
-        mel[ok] = clips_to_log_mel(np.asarray(batch["audio"][ok], np.float32))
+        lengths = np.round(np.asarray(batch["duration_seconds"][ok]) * constants.SAMPLE_RATE).astype(np.int64)
+        mel[ok] = clips_to_log_mel(np.asarray(batch["audio"][ok], np.float32), lengths=lengths)
     batch["mel"] = mel
     return batch
 
@@ -283,6 +284,7 @@ def _manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, latent
     stats = np.asarray(previous.get("latent_stats", {}).get("_sums", [0.0, 0.0, 0]), float) + latent
     mean = stats[0] / stats[2] if stats[2] else 0.0
     std = float(np.sqrt(max(stats[1] / stats[2] - mean**2, 0.0))) if stats[2] else 0.0
+    scaling = vae_scaling_factor(kit)
     sources_by_id = {s["track_id"] for s in sources}
     incomplete = sorted(t for t in sources_by_id if not ledger.complete(t))
     hours = sum(corpus["duration_seconds"]) / 3600
@@ -290,8 +292,8 @@ def _manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, latent
     return {
         "schema_version": SCHEMA_VERSION,
         "kit": config.kit,
-        "kit_models": {role: ref.path for role, ref in kit.roles().items()},
-        "vae_scaling_factor": kit.vae_scaling_factor(),
+        "kit_models": kit.models(),
+        "vae_scaling_factor": scaling,
         "t5_dim": dims["t5_dim"], "clap_dim": dims["clap_dim"],
         "config": {k: v for k, v in asdict(config).items()},
         "counts": {
@@ -308,12 +310,21 @@ def _manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, latent
         "caption_mix": {"original": mix.get("original", 0), "synthetic": mix.get("synthetic", 0),
                         "original_fraction": round(mix.get("original", 0) / max(1, sum(mix.values())), 4),
                         "target_original_probability": config.original_caption_probability},
-        "latent_stats": {"mean": mean, "std": std, "scaled_std": std * kit.vae_scaling_factor(),
+        "latent_stats": {"mean": mean, "std": std, "scaled_std": std * scaling,
                          "_sums": stats.tolist()},
         "wall_seconds": round(wall, 2),
         "throughput": {"clips_per_second": round(run["clips"] / wall, 3) if wall else 0.0,
                        "audio_seconds_per_second": round(run["clips"] * constants.CLIP_SECONDS / wall, 2) if wall else 0.0},
     }
+
+
+def vae_scaling_factor(kit) -> float:
+    """From the VAE's config alone (no weights loaded): training multiplies latents by it."""
+    from diffusers import AutoencoderKL
+
+    ref = kit.vae
+    config = AutoencoderKL.load_config(ref.location(), **({"subfolder": ref.subfolder} if ref.subfolder else {}))
+    return float(config["scaling_factor"])
 
 
 def _read_all(uri: str, columns: list[str]) -> dict[str, list]:
