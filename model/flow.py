@@ -95,25 +95,21 @@ def rectified_flow_loss(model: nn.Module, x0: Tensor, cond: dict, *, generator: 
     return loss, t
 
 
-def _pad_length(txt: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
-    extra = length - txt.shape[1]
-    if extra == 0:
-        return txt, mask
-    txt = torch.cat((txt, txt.new_zeros(txt.shape[0], extra, txt.shape[2])), dim=1)
-    return txt, torch.cat((mask, mask.new_zeros(mask.shape[0], extra)), dim=1)
-
-
 def cfg_batch(cond: dict, uncond: dict) -> dict:
-    """One batch [cond; uncond] (2B rows); texts padded to a common length; uncond of batch 1 is broadcast."""
-    b = cond["txt"].shape[0]
+    """One batch [cond; uncond] (2B rows); texts zero-padded to a common length; uncond of batch 1 is broadcast.
+
+    Filled by slice assignment rather than torch.cat, which CPU autocast rejects for fp16 inputs.
+    """
+    txt_c, mask_c, y_c = cond["txt"], _text_mask(cond), cond["y"]
     txt_u, mask_u, y_u = uncond["txt"], _text_mask(uncond), uncond["y"]
-    if txt_u.shape[0] == 1 and b > 1:
-        txt_u, mask_u, y_u = txt_u.expand(b, -1, -1), mask_u.expand(b, -1), y_u.expand(b, -1)
-    length = max(cond["txt"].shape[1], txt_u.shape[1])
-    txt_c, mask_c = _pad_length(cond["txt"], _text_mask(cond), length)
-    txt_u, mask_u = _pad_length(txt_u.to(txt_c.dtype), mask_u, length)
-    return {"txt": torch.cat((txt_c, txt_u)), "txt_mask": torch.cat((mask_c, mask_u)),
-            "y": torch.cat((cond["y"], y_u.to(cond["y"].dtype)))}
+    b = txt_c.shape[0]
+    length = max(txt_c.shape[1], txt_u.shape[1])
+    txt = txt_c.new_zeros(2 * b, length, txt_c.shape[2])
+    mask = torch.zeros(2 * b, length, dtype=torch.bool, device=mask_c.device)
+    y = y_c.new_empty(2 * b, y_c.shape[1])
+    txt[:b, : txt_c.shape[1]], mask[:b, : txt_c.shape[1]], y[:b] = txt_c, mask_c, y_c
+    txt[b:, : txt_u.shape[1]], mask[b:, : txt_u.shape[1]], y[b:] = txt_u, mask_u, y_u   # broadcasts batch 1
+    return {"txt": txt, "txt_mask": mask, "y": y}
 
 
 @torch.no_grad()
@@ -131,7 +127,7 @@ def sample(model: nn.Module, noise: Tensor, cond: dict, uncond: dict | None, *, 
     for i in range(steps, 0, -1):
         t = torch.full((b,), i / steps, device=z.device, dtype=torch.float32)
         if guided:
-            v_cond, v_uncond = velocity(model, torch.cat((z, z)), torch.cat((t, t)), batch_cond, grid).float().chunk(2)
+            v_cond, v_uncond = velocity(model, z.repeat(2, 1, 1), t.repeat(2), batch_cond, grid).float().chunk(2)
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
         else:
             v = velocity(model, z, t, batch_cond, grid).float()

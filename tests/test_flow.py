@@ -162,3 +162,13 @@ def test_batched_cfg_equals_two_separate_passes():
             z = z - (v_u + scale * (v_c - v_u)) / steps
     torch.testing.assert_close(batched, unpatchify(z), atol=1e-4, rtol=0)
     assert not torch.allclose(batched, sample(model, noise, cond, uncond, steps=steps, cfg_scale=1.0), atol=1e-3)
+
+
+def test_sampler_under_bf16_autocast_with_fp16_text():
+    torch.manual_seed(0)
+    model = build_model("tiny", context_in_dim=CTX, vec_in_dim=VEC).eval()
+    cond = {k: v.half() if v.is_floating_point() else v for k, v in conditions(2, 4).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sample(model, torch.randn(2, 8, 16, 16), cond, conditions(1, 1, seed=1), steps=2)
+    assert out.shape == (2, 8, 16, 16) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
