@@ -9,12 +9,15 @@ Labels and captions go into an HF-audiofolder `metadata.csv`. The output is dete
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
 import argparse
 import csv
-import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import soundfile as sf

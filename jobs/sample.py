@@ -4,9 +4,13 @@
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
 import argparse
 import json
-import os
 
 from pipelines import storage
 

@@ -5,8 +5,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
+import argparse
 from dataclasses import fields
 
 from pipelines.training import DEFAULT_PROMPTS, TrainConfig, run_training
