@@ -111,9 +111,9 @@ class CaptionWriter(Protocol):
     def write(self, messages: list[list[dict[str, str]]], seeds: list[int] | None = None) -> list[str]: ...
 
 
-def _per_row_sampler(seeds: list[int], temperature: float, top_p: float):
-    """A logits processor that samples each row with its own generator and leaves only that token allowed,
-    so greedy decoding returns it: a clip's caption depends on its seed, not on the batch it landed in."""
+def _per_row_sampler(seeds: list[int], temperature: float, top_p: float, top_k: int):
+    """A logits processor that samples each row (top-k, then top-p) with its own generator and leaves only that
+    token allowed, so greedy decoding returns it: a clip's caption depends on its seed, not on its batch."""
     import torch
     from transformers import LogitsProcessor
 
@@ -122,12 +122,12 @@ def _per_row_sampler(seeds: list[int], temperature: float, top_p: float):
             self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
         def __call__(self, input_ids, scores):
-            probs = torch.softmax(scores.float() / temperature, dim=-1)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p   # keep the smallest top-p nucleus
-            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-            picks = [order[i, torch.multinomial(sorted_probs[i], 1, generator=g)]
-                     for i, g in enumerate(self.generators)]
+            # topk first: a full sort of a 262k vocabulary costs ~0.2 s per step on a CPU core.
+            top, index = scores.float().topk(min(top_k, scores.shape[-1]), dim=-1)   # sorted, descending
+            probs = torch.softmax(top / temperature, dim=-1)
+            outside = probs.cumsum(dim=-1) - probs > top_p   # keep the smallest nucleus holding top_p
+            probs = probs.masked_fill(outside, 0.0)
+            picks = [index[i, torch.multinomial(probs[i], 1, generator=g)] for i, g in enumerate(self.generators)]
             out = torch.full_like(scores, float("-inf"))
             out[torch.arange(len(picks)), torch.cat(picks)] = 0.0
             return out
@@ -139,7 +139,7 @@ class TransformersCaptionWriter:
     """Any transformers causal LM of the kit's `llm` role: chat template, left-padded batches, seeded sampling."""
 
     def __init__(self, kit, max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
-                 batch_size: int = 8, device: str | None = None):
+                 top_k: int = 64, batch_size: int = 8, device: str | None = None):
         from model.kits import default_device
 
         self.device = device or default_device()
@@ -147,7 +147,7 @@ class TransformersCaptionWriter:
         self.tokenizer.padding_side = "left"   # generation continues from the right end of every row
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.batch_size = batch_size
 
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
@@ -172,7 +172,7 @@ class TransformersCaptionWriter:
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, no_repeat_ngram_size=3,
                                   pad_token_id=self.tokenizer.pad_token_id,
                                   eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id)
-        sampler = _per_row_sampler(seeds, self.temperature, self.top_p)
+        sampler = _per_row_sampler(seeds, self.temperature, self.top_p, self.top_k)
         with torch.no_grad():
             tokens = self.model.generate(**inputs, generation_config=config,
                                          logits_processor=LogitsProcessorList([sampler]))
@@ -254,13 +254,13 @@ class VllmUnavailable(RuntimeError):
 
 
 def _vllm_request(row: dict[str, Any], *, seed: int, max_new_tokens: int, temperature: float,
-                  top_p: float) -> dict[str, Any]:
+                  top_p: float, top_k: int) -> dict[str, Any]:
     """Preprocess: the chat and per-clip sampling seed; rejected or tagless rows ask for one token only."""
     task, words, sample_seed = caption_plan(row.get("tags"), str(row["clip_id"]), seed)
     live = not row.get("reject_reason") and bool(words)
     chat = build_messages(words, task) if live else [{"role": "user", "content": "-"}]
     return {"messages": chat, _VLLM_KEYS: list(row.keys()),
-            "sampling_params": {"temperature": temperature, "top_p": top_p, "seed": sample_seed,
+            "sampling_params": {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": sample_seed,
                                 "max_tokens": max_new_tokens if live else 1}}
 
 
@@ -294,7 +294,7 @@ def vllm_model_source(kit) -> str:
 def add_vllm_caption_stage(ds, kit, *, concurrency: int | tuple[int, int] = 1,
                            runtime_env: dict | None = None, timeout_s: float = 1800.0, seed: int = 0,
                            max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
-                           batch_size: int = 64, engine_kwargs: dict | None = None):
+                           top_k: int = 64, batch_size: int = 64, engine_kwargs: dict | None = None):
     """Append the vLLM caption processor (Ray Data LLM API) to `ds`; GPU clusters only.
 
     vLLM pins its own torch/transformers, so its engine actors run in `runtime_env` (default: pip vllm).
@@ -318,7 +318,7 @@ def add_vllm_caption_stage(ds, kit, *, concurrency: int | tuple[int, int] = 1,
         model_source=vllm_model_source(kit), runtime_env=runtime_env, concurrency=concurrency,
         batch_size=batch_size, should_continue_on_error=True,
         engine_kwargs={"max_model_len": 2048, "gpu_memory_utilization": 0.85, **(engine_kwargs or {})})
-    request = dict(seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    request = dict(seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     processor = build_processor(config, preprocess=lambda row: _vllm_request(row, **request),
                                 postprocess=lambda row: row)
     # Ray Data otherwise waits forever for actors that never become ready (a vLLM engine stuck on CUDA OOM).

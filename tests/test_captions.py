@@ -92,6 +92,20 @@ def test_caption_stage_reasons_with_a_fake_back_end():
         CaptionStage("tiny", backend="vllm")
 
 
+def test_per_row_sampler():
+    import torch
+
+    scores = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    greedy = captions._per_row_sampler([1, 2, 3], temperature=1.0, top_p=1.0, top_k=1)(None, scores)
+    assert torch.equal(greedy.argmax(-1), scores.argmax(-1))
+    assert torch.isinf(greedy).sum().item() == 3 * 999          # exactly one allowed token per row
+    draw = lambda seeds: captions._per_row_sampler(seeds, 1.0, 0.9, 50)(None, scores).argmax(-1)  # noqa: E731
+    assert torch.equal(draw([5, 6, 7]), draw([5, 6, 7]))
+    assert torch.equal(draw([5, 6, 7])[1:], draw([9, 6, 7])[1:])  # a row's draw depends on its own seed only
+    picks = {int(captions._per_row_sampler([s], 1.0, 0.9, 50)(None, scores[:1]).argmax()) for s in range(40)}
+    assert len(picks) > 3 and picks <= set(scores[0].topk(50).indices.tolist())
+
+
 @pytest.fixture(scope="module")
 def tiny_writer():
     from model.kits import load_kit
@@ -160,10 +174,11 @@ def test_mix_without_original_and_rejected_rows():
 def test_vllm_request_and_result_mapping():
     row = {"clip_id": "0123456789abcdef-00002", "tags": TAGS, "reject_reason": "", "reject_stage": "",
            "reject_detail": "", "caption_original": None}
-    request = captions._vllm_request(row, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9)
+    request = captions._vllm_request(row, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9, top_k=50)
     task, words, sample_seed = caption_plan(TAGS, row["clip_id"], 0)
     assert request["messages"] == build_messages(words, task)
-    assert request["sampling_params"] == {"temperature": 0.7, "top_p": 0.9, "seed": sample_seed, "max_tokens": 40}
+    assert request["sampling_params"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "seed": sample_seed,
+                                          "max_tokens": 40}
     engine_row = {**row, **request, "generated_text": "  A loud rock song.\n\nextra", "num_generated_tokens": 9}
     result = captions._vllm_result(engine_row)
     assert set(result) == set(row) | {"caption_synthetic"} and result["caption_synthetic"] == "A loud rock song."
@@ -171,7 +186,7 @@ def test_vllm_request_and_result_mapping():
     failed = captions._vllm_result({**engine_row, "__inference_error__": "CUDA out of memory"})
     assert (failed["reject_reason"], failed["reject_stage"]) == ("llm_error", "caption")
     tagless = {**row, "tags": []}
-    tagless_request = captions._vllm_request(tagless, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9)
+    tagless_request = captions._vllm_request(tagless, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9, top_k=50)
     assert tagless_request["sampling_params"]["max_tokens"] == 1
     assert captions._vllm_result({**tagless, **tagless_request, "generated_text": "x y z"})["reject_reason"] == "no_tags"
 
