@@ -198,6 +198,15 @@ def test_vllm_stage_without_vllm_fails_clearly(ray_local):
         captions.add_vllm_caption_stage(ds, "tiny", runtime_env={})
 
 
+def test_vllm_processor_builds_lazily(ray_local):
+    """The Ray 2.60 ray.data.llm API accepts our config; nothing runs (that needs vllm and a GPU)."""
+    ds = ray_local.data.from_items([{"clip_id": "a-00000", "tags": TAGS, "reject_reason": ""}])
+    out = captions.add_vllm_caption_stage(ds, "tiny", timeout_s=123)
+    plan = str(out)
+    assert "vLLMEngineStageUDF" in plan and "ChatTemplateUDF" in plan and "_vllm_result" in plan
+    assert out.context.wait_for_min_actors_s == 123     # the start-up hang guard travels with the dataset
+
+
 def _cuda() -> bool:
     try:
         import torch

@@ -137,7 +137,7 @@ def test_tag_stage_on_ray(ray_local):
             _row(3, broken, {"genre": "x"})]
     ds = ray_local.data.from_items(rows).map_batches(
         tags.TagStage, fn_constructor_kwargs={"kit_name_or_path": "tiny", "top_k": 2},
-        batch_size=4, concurrency=1, num_cpus=0.5)
+        batch_size=4, concurrency=1, num_cpus=0.5).materialize()
     out = {r["clip_id"]: r for r in ds.take_all()}
     first, second, rejected, failed = (out[r["clip_id"]] for r in rows)
     assert "audio" not in first and "mel" not in first
@@ -149,3 +149,15 @@ def test_tag_stage_on_ray(ray_local):
     assert rejected["reject_reason"] == "silent" and rejected["reject_stage"] == "quality" and len(rejected["tags"]) == 0
     assert (failed["reject_reason"], failed["reject_stage"]) == ("tagging_failed", "tags")
     assert "finite" in failed["reject_detail"]
+
+    # Tags survive the Arrow round trip into the caption stage and the mix (steps 4 -> 5 -> 6).
+    from pipelines.captions import CaptionStage, mix_captions
+
+    captioned = ds.map_batches(CaptionStage, fn_constructor_kwargs={"kit_name_or_path": "tiny", "max_new_tokens": 8},
+                               batch_size=4, concurrency=1, num_cpus=0.5)
+    mixed = {r["clip_id"]: r for r in captioned.map_batches(mix_captions, batch_size=4,
+                                                              fn_kwargs={"p_original": 1.0}).take_all()}
+    first, second = mixed[rows[0]["clip_id"]], mixed[rows[1]["clip_id"]]
+    assert (first["caption"], first["caption_source"]) == ("a steady click", "original")
+    assert second["caption_source"] == "synthetic" and second["caption"] == second["caption_synthetic"] != ""
+    assert mixed[rows[3]["clip_id"]]["reject_stage"] == "tags" and mixed[rows[3]["clip_id"]]["caption"] == ""
