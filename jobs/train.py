@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
     p.add_argument("--strategy", default="", choices=["", "ddp", "fsdp"], help="default: fsdp for large/giant")
     p.add_argument("--global-batch-size", type=int, default=defaults.global_batch_size)
-    p.add_argument("--micro-batch-size", type=int, default=defaults.micro_batch_size)
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="samples per worker per forward/backward; the rest of the global batch is gradient "
+                        f"accumulation (default: global batch / workers, at most {defaults.micro_batch_size})")
     p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimiser updates")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
@@ -59,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["sample_prompts"] = args.sample_prompts or list(DEFAULT_PROMPTS)
+    if not args.micro_batch_size:
+        per_worker = max(1, args.global_batch_size // args.num_workers)
+        values["micro_batch_size"] = max(d for d in range(1, min(per_worker, TrainConfig.micro_batch_size) + 1)
+                                         if per_worker % d == 0)
     return TrainConfig(**values)
 
 

@@ -628,16 +628,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 # ---------------------------------------------------------------- driver side
 
-def ray_storage(uri: str):
-    """(storage_path, storage_filesystem) for RunConfig."""
-    helper = getattr(storage, "train_storage", None)
-    if helper is not None:
-        return helper(uri)
-    if storage.is_s3(uri):
-        return uri[len("s3://"):].rstrip("/"), storage.s3_filesystem()
-    return os.path.abspath(uri), None
-
-
 def list_checkpoints(storage_uri: str, run_name: str) -> list[str]:
     """This run's checkpoint folders (URIs), oldest first."""
     run_dir = storage.join(storage_uri, run_name)
@@ -667,7 +657,7 @@ def run_training(config: TrainConfig, *, resume: bool = False):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another name")
     accumulation_steps(config.global_batch_size, config.micro_batch_size, config.num_workers)
     manifest = read_manifest(config.data)
-    storage_path, storage_fs = ray_storage(config.storage)
+    storage_path, storage_fs = storage.train_storage(config.storage)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
