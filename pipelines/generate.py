@@ -28,9 +28,15 @@ def parse_encoders(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def load_checkpoint_state(path: str) -> dict:
-    """state.pt of a training checkpoint (its folder or the file; local or s3://), loaded with weights_only."""
+    """state.pt of a training checkpoint (the file, its folder, or a run folder: its latest checkpoint;
+    local or s3://), loaded with weights_only."""
     if not path.endswith(".pt"):
         path = storage.join(path, "state.pt")
+        if not storage.exists(path):    # a run folder: checkpoint_step_NNNNNNNN/ sort by step
+            states = [f for f in storage.list_files(path.rsplit("/", 1)[0], "/state.pt") if "/checkpoint_step_" in f]
+            if not states:
+                raise FileNotFoundError(f"no checkpoint (state.pt) in {path.rsplit('/', 1)[0]}")
+            path = states[-1]
     return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
 
 

@@ -62,3 +62,19 @@ def test_encoder_subsets_use_null_embeddings(checkpoint):
     assert not torch.equal(a, gen.latents(prompts, steps=2, seed=5, encoders="clap"))
     with pytest.raises(ValueError):
         parse_encoders("t5,vae")
+
+
+def test_a_run_folder_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
+    import shutil
+
+    from pipelines.generate import load_checkpoint_state
+
+    run = tmp_path / "run"
+    for step in (1, 12, 3):
+        shutil.copytree(checkpoint, run / f"checkpoint_step_{step:08d}")
+    state = torch.load(run / "checkpoint_step_00000012" / "state.pt", weights_only=True)
+    state["model_config"]["marker"] = 12
+    torch.save(state, run / "checkpoint_step_00000012" / "state.pt")
+    assert load_checkpoint_state(str(run))["model_config"]["marker"] == 12
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint_state(str(tmp_path / "empty"))
