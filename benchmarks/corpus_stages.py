@@ -247,14 +247,14 @@ def table(results: list[dict]) -> list[str]:
 def markdown(report: dict) -> str:
     env = report["machine"]
     lines = [f"Command: `{report['command']}`",
-             f"Machine: {env['machine']}, {env['cores']} CPU cores, torch threads {env['threads']}, kit `{report['kit']}`, "
-             f"batch {report['batch_size']}; load average {env['load_before']:.1f} before, {env['load_after']:.1f} after "
-             f"(shared with other jobs); {env['date']}.", "",
+             f"Machine: {env['machine']}, {env['cores']} CPU cores, torch threads {env['threads']}, "
+             f"kit `{report['kit']}`, batch {report['batch_size']}; load average {env['load_before']:.1f} before, "
+             f"{env['load_after']:.1f} after (shared with other jobs); {env['date']}.", "",
              f"In-process stages on {report['corpus_label']} ({report['stages'][0]['rows']} tracks -> "
              f"{report['stages'][0]['clips']} clips, {report['stages'][0]['audio_s']:.1f} s of audio):", ""]
     lines += table(report["stages"])
     lines += ["", "Model load (constructor) seconds: " +
-              ", ".join(f"{k} {v:.1f}" for k, v in report["loads"].items() if v >= 0.01) + "."]
+              ", ".join(f"{k} {v:.1f}" for k, v in report["loads"].items() if v >= 0.05) + "."]
     e2e = report.get("end_to_end")
     if e2e:
         lines += ["", f"End to end, `prepare_corpus` on local Ray (4 logical CPUs, 1 actor per model stage): "
@@ -275,8 +275,9 @@ def markdown(report: dict) -> str:
     lines.append(f"| **whole file** | | **{size['file_bytes_per_clip']:,.0f}** | |")
     vae = report.get("real_vae")
     if vae:
-        lines += ["", f"Real-size AudioLDM2 VAE encoder (spec §2 config, random weights, {vae['encoder_params'] / 1e6:.1f} M "
-                  f"encoder parameters, fp32, batch {vae['batch']} of real demo mels): {vae['wall']:.1f} s = "
+        lines += ["", f"Real-size AudioLDM2 VAE encoder (spec §2 config, random weights, "
+                  f"{vae['encoder_params'] / 1e6:.1f} M encoder parameters, fp32, batch {vae['batch']} of real demo "
+                  f"mels): {vae['wall']:.1f} s wall ({vae['cpu']:.1f} CPU-s) = "
                   f"**{vae['seconds_per_clip']:.1f} s per clip** on CPU ({vae['gflop_per_s']:.0f} GFLOP/s at "
                   f"{REAL_VAE_GFLOP_PER_CLIP:.0f} GFLOP per clip)."]
     return "\n".join(lines)
