@@ -15,8 +15,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One in-process local Ray for the whole session (starting one costs ~4 s)."""
+def ray_local(s3_server):
+    """One in-process local Ray for the whole session (starting one costs ~4 s). It starts after the S3
+    server, so every Ray worker inherits the AWS variables that point at it, whichever test runs first."""
     import ray
 
     from pipelines.raylocal import init_local_ray

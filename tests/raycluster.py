@@ -58,8 +58,14 @@ class RayHead:
 
     def submit(self, *entrypoint: str, working_dir: str, timeout: float = 600) -> subprocess.CompletedProcess:
         ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-        return subprocess.run([ray_cli, "job", "submit", "--address", self.address, "--working-dir", working_dir,
-                               "--", *entrypoint], env=self.env, capture_output=True, text=True, timeout=timeout)
+        command = [ray_cli, "job", "submit", "--address", self.address, "--working-dir", working_dir, "--", *entrypoint]
+        for _ in range(30):
+            done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+            # The dashboard answers before its job agent is up; Ray itself says to try again.
+            if "No available agent to submit job" not in done.stderr + done.stdout:
+                return done
+            time.sleep(2)
+        return done
 
     def stop(self) -> None:
         """SIGTERM to our `ray start --block` process group only: it takes down the processes it started."""
