@@ -56,19 +56,3 @@ def clip_gate(samples: np.ndarray, silence_dbfs: float = SILENCE_DBFS) -> Gate:
 def content_hash(audio16k: np.ndarray) -> str:
     """sha256 of the decoded 16 kHz mono track as little-endian float32 bytes."""
     return hashlib.sha256(np.ascontiguousarray(audio16k, dtype="<f4").tobytes()).hexdigest()
-
-
-def find_duplicates(hash_by_uri: dict[str, str]) -> dict[str, str]:
-    """{duplicate source_uri: kept source_uri} among tracks with equal content hashes; the smallest URI of each
-    group is kept, so the answer does not depend on processing order. Empty hashes (undecodable) never match."""
-    kept: dict[str, str] = {}
-    duplicates = {}
-    for uri in sorted(hash_by_uri):
-        digest = hash_by_uri[uri]
-        if not digest:
-            continue
-        if digest in kept:
-            duplicates[uri] = kept[digest]
-        else:
-            kept[digest] = uri
-    return duplicates

@@ -34,8 +34,7 @@ def write_hostile_inputs(folder: str) -> dict[str, str]:
     """Create the hostile inputs in folder; returns {file name: expected reject reason}, "" = must be kept.
 
     Every playable file is 6 s (one clip), so each file's rows all carry its expected reason, except
-    "duplicate": process_track keeps both copies and the corpus stage drops the larger URI by content hash
-    (quality.find_duplicates).
+    "duplicate": process_track keeps both copies and the corpus stage keeps the first to claim the content hash.
     """
     os.makedirs(folder, exist_ok=True)
     expected = {}

