@@ -206,13 +206,14 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry):
     from pipelines.encoders import TextEncoder, VaeEncoder
     from pipelines.tags import TagStage
 
-    actor = dict(concurrency=config.actors_per_stage, num_cpus=config.cpus_per_actor,
+    env = _worker_env()
+    actor = dict(compute=ray.data.ActorPoolStrategy(size=config.actors_per_stage), num_cpus=config.cpus_per_actor,
                  num_gpus=config.gpus_per_actor, batch_size=config.batch_size,
-                 fn_constructor_kwargs={"kit_name_or_path": config.kit})
+                 fn_constructor_kwargs={"kit_name_or_path": config.kit}, **env)
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     ds = ds.flat_map(front_end, num_cpus=1, fn_kwargs=dict(registry=registry, min_clip_seconds=config.min_clip_seconds,
-                                                           silence_dbfs=config.silence_dbfs))
-    ds = ds.map_batches(add_log_mel, num_cpus=1, batch_size=config.batch_size)
+                                                           silence_dbfs=config.silence_dbfs), **env)
+    ds = ds.map_batches(add_log_mel, num_cpus=1, batch_size=config.batch_size, **env)
     ds = ds.map_batches(VaeEncoder, **actor)
     ds = ds.map_batches(TagStage, **actor)
     if config.caption_backend == "vllm":
@@ -221,10 +222,18 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry):
         ds = ds.map_batches(CaptionStage, **dict(actor, fn_constructor_kwargs={
             "kit_name_or_path": config.kit, "backend": config.caption_backend, "seed": config.seed}))
     ds = ds.map_batches(mix_captions, num_cpus=0.25, batch_size=config.batch_size,
-                        fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed))
+                        fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed), **env)
     ds = ds.map_batches(TextEncoder, **actor)
-    return ds.map_batches(CorpusWriter, concurrency=1, num_cpus=0.25, batch_size=config.batch_size,
-                          fn_constructor_kwargs=dict(output=config.output, valid_fraction=config.valid_fraction))
+    return ds.map_batches(CorpusWriter, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_size=config.batch_size,
+                          fn_constructor_kwargs=dict(output=config.output, valid_fraction=config.valid_fraction), **env)
+
+
+def _worker_env() -> dict:
+    """The S3 variables of this process for the stages that read or write storage: workers of a Ray started
+    before they were set (a notebook, a test session) would otherwise not see them. Empty on a cluster
+    whose nodes use an instance profile."""
+    env = storage.ray_worker_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def write_null_text(config: CorpusConfig) -> dict:
@@ -234,7 +243,7 @@ def write_null_text(config: CorpusConfig) -> dict:
     from pipelines.encoders import TextEncoder
 
     ds = ray.data.from_items([{"caption": "", "reject_reason": "", "reject_stage": "", "reject_detail": ""}])
-    row = ds.map_batches(TextEncoder, concurrency=1, num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor,
+    row = ds.map_batches(TextEncoder, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor,
                          fn_constructor_kwargs={"kit_name_or_path": config.kit}).take(1)[0]
     t5, clap = _as_bytes(row["t5"]), _as_bytes(row["clap"])
     table = conform(pa.table({"t5": [t5], "t5_length": [int(row["t5_length"])], "clap": [clap]}), NULL_TEXT)
