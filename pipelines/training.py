@@ -135,6 +135,22 @@ class CorpusCollate:
                 "txt": txt, "txt_mask": mask, "y": stack("clap", (self.clap_dim,))}
 
 
+def check_corpus_files(fs, uris: list[str], paths: list[str]) -> None:
+    """Read every file's Parquet footer now: a truncated or foreign file fails here, naming it, instead of
+    deep inside a Ray Train worker after the run has started."""
+    import pyarrow.parquet as pq
+
+    for uri, path in zip(uris, paths):
+        try:
+            with fs.open_input_file(path) as f:
+                names = set(pq.ParquetFile(f).schema_arrow.names)
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise ValueError(f"corrupt corpus file {uri}: {error}") from error
+        missing = [c for c in TRAIN_COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"corpus file {uri} lacks columns {missing}")
+
+
 def corpus_datasets(data: str, materialize: bool = False) -> dict:
     """Ray datasets "train" and "valid" over the corpus, in a deterministic order (sorted files, rows as stored)."""
     import pyarrow.compute as pc
@@ -145,6 +161,7 @@ def corpus_datasets(data: str, materialize: bool = False) -> dict:
         raise FileNotFoundError(f"no corpus parquet files under {storage.join(data, 'corpus')}")
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
+    check_corpus_files(fs, files, paths)
     table = ray.data.read_parquet(paths, filesystem=fs, shuffle=None).select_columns(TRAIN_COLUMNS)
 
     def split(name: str):
