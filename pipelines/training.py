@@ -1,9 +1,9 @@
 """FluxMusic training on Ray Train: the per-worker loop, checkpoints with exact resume, EMA, metrics.
 
-See docs/training.md. Data order is deterministic: every worker reads the same corpus stream (files sorted,
-order preserved), batches of ``micro_batch_size * num_workers`` rows are shuffled by a per-epoch seed, and
-worker ``rank`` takes rows ``rank::num_workers`` of each. A checkpoint records (epoch, batches consumed), so a
-resumed run skips exactly what was already trained on.
+See docs/training.md. Data order is deterministic: each epoch the corpus files are permuted by (seed, epoch) and
+dealt to the workers balanced by train rows; each worker reads only its files (Ray Data, order preserved)
+through a local shuffle seeded by (seed, epoch, rank), and every worker runs the same number of micro-batches.
+A checkpoint records (epoch, batches consumed), so a resumed run skips exactly what was already trained on.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ STATE_FILE = "state.pt"
 TRAIN_COLUMNS = ["clip_id", "split", "latent_mean", "latent_std", "t5", "t5_length", "clap"]
 FSDP_SIZES = ("large", "giant", "giant_full")
 T_BUCKETS = 4
+DEFAULT_SHUFFLE_ROWS = 2048      # per worker: ~1.2 GB of paper-kit T5 + latents; spans a few files
 DEFAULT_PROMPTS = ["an upbeat electronic dance track with a driving beat",
                    "a calm solo piano piece, slow and gentle"]
 # Dense bf16 peak FLOP/s per GPU, for MFU (name substring -> FLOP/s).
@@ -66,11 +67,11 @@ class TrainConfig:
     eval_reference: str = ""            # reference audio/cache for pipelines.evaluation.Evaluator
     seed: int = 0
     strategy: str = ""                  # ddp | fsdp; "" = fsdp for large/giant, ddp otherwise
-    shuffle_buffer: int = 0             # rows in Ray Data's seeded local shuffle; 0 = 4 global micro-batches
+    shuffle_buffer: int = 0             # rows in each worker's seeded local shuffle; 0 = DEFAULT_SHUFFLE_ROWS
     kit: str = ""                       # "" = the corpus manifest's kit
     max_failures: int = 0
     cpus_per_worker: float = 0.5        # fractional on CPU: whole-CPU workers starve Ray Data on small hosts
-    materialize_data: bool = False      # hold the corpus in the object store (only when it fits)
+    materialize_data: bool = False      # no effect: training reads per worker and epoch, validation is materialised
 
     def resolved_strategy(self) -> str:
         strategy = self.strategy or ("fsdp" if self.size in FSDP_SIZES else "ddp")
@@ -151,46 +152,128 @@ def check_corpus_files(fs, uris: list[str], paths: list[str]) -> None:
             raise ValueError(f"corpus file {uri} lacks columns {missing}")
 
 
-def corpus_datasets(data: str, materialize: bool = False) -> dict:
-    """Ray datasets "train" and "valid" over the corpus, in a deterministic order (sorted files, rows as stored)."""
+@dataclass(frozen=True)
+class CorpusFile:
+    """One corpus Parquet file and its rows per split (counted once, from the `split` column only)."""
+    uri: str
+    train_rows: int
+    valid_rows: int
+
+
+def _scan_file(uri: str) -> CorpusFile:
     import pyarrow.compute as pc
-    import ray.data
+
+    fs, path = storage.filesystem(uri)
+    check_corpus_files(fs, [uri], [path])
+    try:
+        split = storage.read_parquet(uri, columns=["split"])["split"]
+    except Exception as error:  # noqa: BLE001 - a footer can be fine while the column chunk is not
+        raise ValueError(f"corrupt corpus file {uri}: {error}") from error
+    counts = {name: int(pc.sum(pc.equal(split, name)).as_py() or 0) for name in ("train", "valid")}
+    return CorpusFile(uri, counts["train"], counts["valid"])
+
+
+def scan_corpus(data: str, threads: int = 16) -> list[CorpusFile]:
+    """Every corpus file (sorted) with its train/valid row counts; a bad file fails here, named."""
+    from concurrent.futures import ThreadPoolExecutor
 
     files = storage.list_files(storage.join(data, "corpus"), ".parquet")
     if not files:
         raise FileNotFoundError(f"no corpus parquet files under {storage.join(data, 'corpus')}")
-    fs, _ = storage.filesystem(files[0])
-    paths = [storage.filesystem(f)[1] for f in files]
-    check_corpus_files(fs, files, paths)
-    table = ray.data.read_parquet(paths, filesystem=fs, shuffle=None).select_columns(TRAIN_COLUMNS)
-
-    def split(name: str):
-        return table.map_batches(lambda t: t.filter(pc.equal(t["split"], name)), batch_format="pyarrow",
-                                 batch_size=None)
-
-    datasets = {"train": split("train"), "valid": split("valid")}
-    # materialised (small corpora): every epoch re-reads blocks from the object store instead of Parquet
-    return {k: v.materialize() for k, v in datasets.items()} if materialize else datasets
+    with ThreadPoolExecutor(min(threads, len(files))) as pool:     # footers + one small column: I/O bound
+        return list(pool.map(_scan_file, files))
 
 
-def global_micro_batches(shard, *, rows: int, collate: CorpusCollate, seed: int, shuffle_buffer: int, epoch: int,
-                         skip: int) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, batches consumed in epoch, this rank's batch), skipping `skip` batches of `epoch` first.
+def assign_files(train_rows: list[int], world: int, seed: int, epoch: int) -> list[list[int]]:
+    """This epoch's file indices per rank, each rank's in reading order.
 
-    Every rank iterates the same stream with the same shuffle seed, so their row slices are disjoint and,
-    given (epoch, skip), reproducible.
+    Files are permuted by (seed, epoch); then, largest first (ties in permutation order), each goes to the
+    rank with the fewest train rows so far, so ranks are balanced by rows and disjoint. Files without train
+    rows are never read.
     """
+    import heapq
+
+    order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(train_rows))]
+    position = {f: p for p, f in enumerate(order)}
+    loads = [(0, rank) for rank in range(world)]
+    ranks: list[list[int]] = [[] for _ in range(world)]
+    for f in sorted(order, key=lambda f: -train_rows[f]):       # stable: permutation order among equals
+        if train_rows[f] <= 0:
+            continue
+        load, rank = heapq.heappop(loads)
+        ranks[rank].append(f)
+        heapq.heappush(loads, (load + train_rows[f], rank))
+    return [sorted(files, key=position.__getitem__) for files in ranks]
+
+
+def batches_per_epoch(train_rows: list[int], assignment: list[list[int]], micro_batch_size: int) -> int:
+    """Micro-batches every rank runs this epoch: the minimum over ranks (DDP needs equal counts); the
+    rest of each rank's rows is dropped for this epoch (a different remainder each epoch)."""
+    return min(sum(train_rows[f] for f in files) // micro_batch_size for files in assignment)
+
+
+def read_split(uris: list[str], split: str):
+    """A Ray dataset of the training columns of `split` rows in these files, in the given file order."""
+    import pyarrow.compute as pc
+    import ray.data
+
+    fs, _ = storage.filesystem(uris[0])
+    dataset = ray.data.read_parquet([storage.filesystem(u)[1] for u in uris], filesystem=fs,
+                                    shuffle=None).select_columns(TRAIN_COLUMNS)
+    dataset.context.execution_options.preserve_order = True        # this dataset only (the context is a copy)
+    return dataset.map_batches(lambda t: t.filter(pc.equal(t["split"], split)), batch_format="pyarrow",
+                               batch_size=None)
+
+
+def validation_dataset(files: list[CorpusFile], max_rows: int):
+    """The fixed validation subset: the first `max_rows` valid rows in sorted file order, materialised."""
+    chosen, rows = [], 0
+    for f in files:
+        if f.valid_rows and rows < max_rows:
+            chosen.append(f.uri)
+            rows += f.valid_rows
+    if not chosen:
+        raise ValueError("validation is on but the corpus has no valid rows")
+    return read_split(chosen, "valid").limit(max_rows).materialize()
+
+
+def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.default_rng([seed, epoch, rank]).integers(2**31))
+
+
+def rank_micro_batches(files: list[CorpusFile], *, rank: int, world: int, micro_batch_size: int,
+                       collate: CorpusCollate, seed: int, shuffle_buffer: int, epoch: int,
+                       skip: int) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, micro-batches consumed in epoch, this rank's batch), skipping `skip` batches first.
+
+    Each epoch this rank reads only its files (`assign_files`) with Ray Data, in permutation order,
+    through a local shuffle buffer seeded by (seed, epoch, rank), and stops after `batches_per_epoch`
+    batches, like every other rank. Given (epoch, skip) the stream is reproducible; skipped batches are
+    read but not decoded.
+    """
+    rows = [f.train_rows for f in files]
     while True:
-        produced = 0
-        batches = shard.iter_torch_batches(batch_size=rows, collate_fn=collate, drop_last=True, device="cpu",
-                                           local_shuffle_buffer_size=shuffle_buffer or None,
-                                           local_shuffle_seed=seed * 100_003 + epoch if shuffle_buffer else None)
-        for index, batch in enumerate(batches):
-            produced += 1
-            if index >= skip:
-                yield epoch, index + 1, batch
-        if produced == 0:
-            raise ValueError(f"the train split has fewer rows than one global micro-batch ({rows})")
+        plan = assign_files(rows, world, seed, epoch)
+        count = batches_per_epoch(rows, plan, micro_batch_size)
+        if count == 0:
+            raise ValueError(f"epoch {epoch}: some of the {world} ranks get fewer than {micro_batch_size} train "
+                             f"rows from {sum(r > 0 for r in rows)} files with train rows; use more, smaller "
+                             f"files or fewer workers")
+        if skip >= count:       # resumed exactly at an epoch's end: nothing of it to read
+            epoch, skip = epoch + 1, 0
+            continue
+        batches = read_split([files[f].uri for f in plan[rank]], "train").iter_batches(
+            batch_size=micro_batch_size, batch_format="pyarrow", drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed(seed, epoch, rank))
+        index = 0
+        for index, table in enumerate(batches, start=1):
+            if index > skip:
+                yield epoch, index, collate({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names})
+            if index == count:
+                break
+        if index < count:
+            raise RuntimeError(f"epoch {epoch}: rank {rank} read {index} of {count} batches; the corpus changed "
+                               f"after the scan?")
         epoch, skip = epoch + 1, 0
 
 
@@ -615,11 +698,11 @@ def train_loop_per_worker(config: dict) -> None:
     run = _Run(config)
     run.restore()
     cfg = run.cfg
-    shuffle_buffer = cfg.shuffle_buffer or 4 * cfg.micro_batch_size * run.world
-    collate = CorpusCollate(run.rank, run.world, run.t5_dim, run.clap_dim)
-    batches = global_micro_batches(ray.train.get_dataset_shard("train"), rows=cfg.micro_batch_size * run.world,
-                                   collate=collate, seed=cfg.seed, shuffle_buffer=shuffle_buffer,
-                                   epoch=run.epoch, skip=run.consumed)
+    files = [CorpusFile(**f) for f in config["files"]]
+    batches = rank_micro_batches(files, rank=run.rank, world=run.world, micro_batch_size=cfg.micro_batch_size,
+                                 collate=CorpusCollate(0, 1, run.t5_dim, run.clap_dim), seed=cfg.seed,
+                                 shuffle_buffer=cfg.shuffle_buffer or DEFAULT_SHUFFLE_ROWS,
+                                 epoch=run.epoch, skip=run.consumed)
     while run.step < cfg.max_steps:
         metrics = run.train_step(batches)
         last = run.step == cfg.max_steps
@@ -674,21 +757,29 @@ def run_training(config: TrainConfig, *, resume: bool = False):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another name")
     accumulation_steps(config.global_batch_size, config.micro_batch_size, config.num_workers)
     manifest = read_manifest(config.data)
+    files = scan_corpus(config.data)
+    rows = [f.train_rows for f in files]
+    if batches_per_epoch(rows, assign_files(rows, config.num_workers, config.seed, 0), config.micro_batch_size) < 1:
+        raise ValueError(f"{sum(r > 0 for r in rows)} corpus files with {sum(rows)} train rows cannot give each of "
+                         f"{config.num_workers} workers a micro-batch of {config.micro_batch_size}")
+    datasets = {"valid": validation_dataset(files, config.val_max_rows)} if config.val_every > 0 else {}
     storage_path, storage_fs = storage.train_storage(config.storage)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": asdict(config), "manifest": manifest, "data": config.data, "run_dir": run_dir},
+        train_loop_config={"train": asdict(config), "manifest": manifest, "data": config.data, "run_dir": run_dir,
+                           "files": [asdict(f) for f in files]},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures)),
-        datasets=corpus_datasets(config.data, config.materialize_data),
-        # unsplit + ordered: every worker sees the same stream and takes its own rows (deterministic sharding)
+        # training data: each worker reads its own files per epoch (rank_micro_batches); validation: the
+        # fixed subset, unsplit + ordered, every worker takes rows rank::workers of each batch
+        datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                             execution_options=ExecutionOptions(preserve_order=True)),
     )

@@ -1,6 +1,7 @@
 """Ray Train training on a tiny corpus: 2-worker DDP, checkpoints (keep K, weights_only), exact resume."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 import torch
 
 from pipelines import storage
-from pipelines.training import (TrainConfig, accumulation_steps, apply_text_dropout, ema_update, list_checkpoints,
-                                load_state, run_training, t_bucket_sums)
+from pipelines.training import (TrainConfig, accumulation_steps, apply_text_dropout, assign_files, batches_per_epoch,
+                                ema_update, list_checkpoints, load_state, rank_micro_batches, run_training,
+                                scan_corpus, t_bucket_sums)
 from tests.corpus_fixture import write_tiny_corpus
 
 
@@ -80,3 +82,40 @@ def test_two_worker_ddp_checkpoints_and_exact_resume(ray_local, corpus, tmp_path
     exp_avg = [s["exp_avg"] for s in a["optimizer"]["state"].values()]
     assert exp_avg and all(torch.isfinite(t).all() for t in exp_avg)
     torch.testing.assert_close(a["loss_history"], b["loss_history"], rtol=1e-5, atol=1e-6)
+
+
+def test_each_rank_reads_its_own_files_and_epochs_differ(ray_local, tmp_path):
+    """2 ranks: per epoch, disjoint files balanced by train rows, equal batch counts, rows only from the rank's
+    own files; another epoch gives another order; skipping k batches resumes the same stream."""
+    write_tiny_corpus(tmp_path, n_clips=24, files=6)        # 4 rows per file; 2, 4 or 0 valid rows each
+    files = scan_corpus(str(tmp_path))
+    rows = [f.train_rows for f in files]
+    assert rows == [4, 2, 4, 2, 4, 2] and sum(f.valid_rows for f in files) == 6
+    owner = {}                                               # clip_id -> file index
+    for i, f in enumerate(files):
+        table = storage.read_parquet(f.uri, columns=["clip_id", "split"]).to_pylist()
+        owner.update({r["clip_id"]: i for r in table if r["split"] == "train"})
+
+    def stream(rank: int, epoch: int = 0, skip: int = 0):
+        return rank_micro_batches(files, rank=rank, world=2, micro_batch_size=2, collate=lambda b: list(b["clip_id"]),
+                                  seed=5, shuffle_buffer=8, epoch=epoch, skip=skip)
+
+    seen = {}                                                # (rank, epoch) -> clip ids in reading order
+    for rank in range(2):
+        for epoch, consumed, clips in itertools.islice(stream(rank), 2 * 4):
+            seen.setdefault((rank, epoch), []).extend(clips)
+    for epoch in range(2):
+        plan = assign_files(rows, 2, 5, epoch)
+        assert sorted(plan[0] + plan[1]) == list(range(6)) and not set(plan[0]) & set(plan[1])
+        loads = [sum(rows[f] for f in p) for p in plan]
+        assert sum(loads) == 18 and max(loads) - min(loads) <= 4      # balanced within one file's rows
+        assert batches_per_epoch(rows, plan, 2) == 4
+        for rank in range(2):
+            clips = seen[(rank, epoch)]
+            assert len(clips) == 8 and len(set(clips)) == 8 and {owner[c] for c in clips} <= set(plan[rank])
+        assert not set(seen[(0, epoch)]) & set(seen[(1, epoch)])
+    assert seen[(0, 0)] + seen[(1, 0)] != seen[(0, 1)] + seen[(1, 1)]
+    # resume: epoch 0 after 2 batches continues exactly where the uninterrupted stream was
+    resumed = list(itertools.islice(stream(1, skip=2), 2))
+    assert [(e, n) for e, n, _ in resumed] == [(0, 3), (0, 4)]
+    assert [c for _, _, clips in resumed for c in clips] == seen[(1, 0)][4:]
