@@ -296,21 +296,24 @@ def test_local_ray_has_no_dashboard_and_listens_on_loopback_only(ray_local):
     import ray
 
     assert not ray._private.worker._global_node.address_info.get("webui_url")
-    inodes = set()
+    owner: dict[str, int] = {}
     for pid in descendants():
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 link = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
+                    owner[link[8:-1]] = pid
         except OSError:
             continue
     listening = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:               # LISTEN, owned by our Ray
-                listening.append(fields[1].split(":")[0])
+            if fields[3] == "0A" and fields[9] in owner:                # LISTEN, owned by our processes
+                pid = owner[fields[9]]
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:80].decode(errors="replace")
+                listening.append((fields[1].split(":")[0], pid, title))
     assert listening, "our Ray's listeners are visible"
-    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
-    assert set(listening) <= loopback, f"non-loopback listeners: {listening}"
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    assert all(address in loopback for address, _, _ in listening), \
+        f"non-loopback listeners: {[x for x in listening if x[0] not in loopback]}"
