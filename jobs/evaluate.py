@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import math
@@ -23,15 +22,15 @@ import os
 import posixpath
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from pipelines import storage  # noqa: E402
-from pipelines.constants import CLIP_SAMPLES, SAMPLE_RATE  # noqa: E402
+from pipelines.constants import SAMPLE_RATE  # noqa: E402
+from pipelines.evaluation import (PromptSet, digest_ids, read_source, fit_clip, load_reference_clip,  # noqa: E402
+                                  read_corpus)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,52 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------- prompt sets
-
-@dataclass
-class PromptSet:
-    source: str                     # what it was read from, for metrics.json
-    ids: list[str]
-    captions: list[str]
-    # Reference clips [B, CLIP_SAMPLES] produced on demand (a cache hit never decodes), or None.
-    reference: Callable[[], np.ndarray] | None = None
-    key: str = ""                   # names the reference content for the statistics cache
-    notes: dict = field(default_factory=dict)
-
-    def head(self, n: int | None) -> "PromptSet":
-        if n is None or n >= len(self.ids):
-            return self
-        ref = self.reference
-        cut = (lambda: ref()[:n]) if ref else None
-        return PromptSet(self.source, self.ids[:n], self.captions[:n], cut, f"{self.key}:first{n}", self.notes)
-
-
-def _digest(items: list[str]) -> str:
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
-
-
-def fit_clip(audio16k: np.ndarray, start: int = 0) -> tuple[np.ndarray, int]:
-    """A CLIP_SAMPLES window from `start`, zero-padded at the end; -> (clip, real length)."""
-    piece = np.asarray(audio16k[start:start + CLIP_SAMPLES], dtype=np.float32)
-    clip = np.zeros(CLIP_SAMPLES, np.float32)
-    clip[:len(piece)] = piece
-    return clip, len(piece)
-
-
-def _read_source(uri: str):
-    return storage.read_bytes(uri) if storage.is_s3(uri) else uri
-
-
-def load_reference_clip(source, start_seconds: float = 0.0, duration_seconds: float | None = None) -> np.ndarray:
-    """Decode, cut one clip and normalise it the way training saw it (mean removed, peak 0.5)."""
-    from pipelines.audio import decode, normalise
-
-    clip, n = fit_clip(decode(source).audio, int(round(start_seconds * SAMPLE_RATE)))
-    if duration_seconds is not None:
-        n = min(n, int(round(duration_seconds * SAMPLE_RATE)))
-    return normalise(clip, n)
-
-
 def _resolve(base_uri: str, path: str) -> str:
     if storage.is_s3(path) or os.path.isabs(path):
         return path
@@ -152,8 +105,8 @@ def read_prompt_file(uri: str) -> PromptSet:
     reference = None
     if all(audio):
         paths = [_resolve(uri, a) for a in audio]
-        reference = lambda: np.stack([load_reference_clip(_read_source(p)) for p in paths])  # noqa: E731
-    return PromptSet(f"prompts:{uri}", ids, captions, reference, f"prompts:{uri}:{_digest(ids + [str(a) for a in audio])}")
+        reference = lambda: np.stack([load_reference_clip(read_source(p)) for p in paths])  # noqa: E731
+    return PromptSet(f"prompts:{uri}", ids, captions, reference, f"prompts:{uri}:{digest_ids(ids + [str(a) for a in audio])}")
 
 
 def read_hf_dataset(path: str) -> PromptSet:
@@ -187,35 +140,7 @@ def read_hf_dataset(path: str) -> PromptSet:
                     source = item.get("bytes") or item.get("path") if isinstance(item, dict) else item
                     clips.append(load_reference_clip(source))
             return np.stack(clips)
-    return PromptSet(f"hf-dataset:{path}", ids, captions, reference, f"hf:{os.path.abspath(path)}:{_digest(ids)}")
-
-
-def read_corpus(output: str, split: str) -> PromptSet:
-    """Captions of one corpus split (sorted by clip_id); reference audio decoded from source_uri per track."""
-    cols = ["clip_id", "source_uri", "start_seconds", "duration_seconds", "caption", "split"]
-    rows = []
-    for uri in storage.list_files(storage.join(output, "corpus"), ".parquet"):
-        t = storage.read_parquet(uri, columns=cols).to_pylist()
-        rows += [r for r in t if r["split"] == split]
-    if not rows:
-        raise SystemExit(f"--corpus {output}: no clips in split {split!r}")
-    rows.sort(key=lambda r: r["clip_id"])
-
-    def reference() -> np.ndarray:
-        from pipelines.audio import decode, normalise
-
-        tracks: dict[str, np.ndarray] = {}
-        clips = []
-        for r in rows:
-            if r["source_uri"] not in tracks:      # decode each track once
-                tracks[r["source_uri"]] = decode(_read_source(r["source_uri"])).audio
-            clip, n = fit_clip(tracks[r["source_uri"]], int(round(r["start_seconds"] * SAMPLE_RATE)))
-            clips.append(normalise(clip, min(n, int(round(r["duration_seconds"] * SAMPLE_RATE)))))
-        return np.stack(clips)
-
-    ids = [r["clip_id"] for r in rows]
-    return PromptSet(f"corpus:{output}:{split}", ids, [r["caption"] for r in rows], reference,
-                     f"corpus:{output}:{split}:{_digest(ids)}")
+    return PromptSet(f"hf-dataset:{path}", ids, captions, reference, f"hf:{os.path.abspath(path)}:{digest_ids(ids)}")
 
 
 def read_wav_dir(folder: str, ids: list[str]) -> np.ndarray:
@@ -226,7 +151,7 @@ def read_wav_dir(folder: str, ids: list[str]) -> np.ndarray:
     missing = [u for u in uris if not storage.exists(u)]
     if missing:
         raise SystemExit(f"{len(missing)} WAV(s) missing, e.g. {missing[:3]}")
-    return np.stack([fit_clip(decode(_read_source(u)).audio)[0] for u in uris])
+    return np.stack([fit_clip(decode(read_source(u)).audio)[0] for u in uris])
 
 
 # ---------------------------------------------------------------- generation
@@ -356,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.reference:
             folder, ids = args.reference, prompt_set.ids
-            loader, key = (lambda: read_wav_dir(folder, ids)), f"wav-dir:{folder}:{_digest(ids)}"
+            loader, key = (lambda: read_wav_dir(folder, ids)), f"wav-dir:{folder}:{digest_ids(ids)}"
         elif prompt_set.reference is not None:
             loader, key = prompt_set.reference, prompt_set.key
         else:

@@ -19,42 +19,68 @@ from pipelines.training import DEFAULT_PROMPTS, TrainConfig, run_training
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default=defaults.size, choices=["tiny", "small", "base", "large", "giant", "giant_full"])
-    p.add_argument("--data", required=True, help="prepare_corpus output folder or s3:// prefix")
-    p.add_argument("--storage", required=True, help="run storage: local folder or s3:// prefix")
-    p.add_argument("--run-name", required=True)
-    p.add_argument("--resume", action="store_true", help="continue the latest checkpoint of --run-name")
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
-    p.add_argument("--strategy", default="", choices=["", "ddp", "fsdp"], help="default: fsdp for large/giant")
-    p.add_argument("--global-batch-size", type=int, default=defaults.global_batch_size)
+    p.add_argument("--size", default=defaults.size, choices=["tiny", "small", "base", "large", "giant", "giant_full"],
+                   help="model size of the paper's Table 1 (tiny: CPU tests; giant_full: the released 1.59 B model; "
+                        "default: %(default)s)")
+    p.add_argument("--data", required=True, help="a prepare_corpus output: local folder or s3:// prefix")
+    p.add_argument("--storage", required=True,
+                   help="where runs live (local folder or s3:// prefix): checkpoints, TensorBoard events, samples "
+                        "under STORAGE/RUN_NAME")
+    p.add_argument("--run-name", required=True, help="name of this run inside --storage")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest checkpoint of --run-name (without it, a name that already holds a run "
+                        "is refused rather than silently continued)")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers, one GPU each with --use-gpu")
+    p.add_argument("--use-gpu", action="store_true", help="train on GPUs (bf16 autocast); otherwise CPU fp32")
+    p.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker,
+                   help="CPUs reserved per worker (fractional on small machines; default: %(default)s)")
+    p.add_argument("--strategy", default="", choices=["", "ddp", "fsdp"],
+                   help="data parallelism: DDP, or FSDP (sharded; the default for large and giant sizes)")
+    p.add_argument("--global-batch-size", type=int, default=defaults.global_batch_size,
+                   help="samples per optimiser update, over all workers (the paper's 128; default: %(default)s)")
     p.add_argument("--micro-batch-size", type=int, default=0,
                    help="samples per worker per forward/backward; the rest of the global batch is gradient "
                         f"accumulation (default: global batch / workers, at most {defaults.micro_batch_size})")
-    p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimiser updates")
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    p.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="0 = off")
-    p.add_argument("--ema-every", type=int, default=defaults.ema_every, help="paper 100; official code 1")
-    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="paper 0.99; official code 0.9999")
-    p.add_argument("--cfg-dropout", type=float, default=defaults.cfg_dropout)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
-    p.add_argument("--val-every", type=int, default=defaults.val_every)
-    p.add_argument("--sample-every", type=int, default=defaults.sample_every)
-    p.add_argument("--sample-prompt", action="append", dest="sample_prompts", help="repeatable")
-    p.add_argument("--sample-steps", type=int, default=defaults.sample_steps)
-    p.add_argument("--sample-cfg", type=float, default=defaults.sample_cfg)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--eval-reference", default="")
-    p.add_argument("--max-failures", type=int, default=defaults.max_failures)
-    p.add_argument("--shuffle-buffer", type=int, default=0, help="seeded local shuffle rows; 0 = 4 micro-batches")
-    p.add_argument("--materialize-data", action="store_true", help="hold a small corpus in the object store")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--kit", default="", help="default: the corpus manifest's kit")
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimiser updates (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (paper: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (default: 0)")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear LR warm-up (default: none)")
+    p.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
+                   help="gradient norm clipping, 0 = off (paper: %(default)s)")
+    p.add_argument("--ema-every", type=int, default=defaults.ema_every,
+                   help="update the EMA weights every N optimiser steps (paper 100; official code 1)")
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                   help="EMA decay per update (paper 0.99; official code 0.9999)")
+    p.add_argument("--cfg-dropout", type=float, default=defaults.cfg_dropout,
+                   help="probability, per encoder and sample, of training on the empty-caption embedding "
+                        "(classifier-free guidance; default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+                   help="write a checkpoint every N steps (and at the last; default: %(default)s)")
+    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints,
+                   help="keep the latest N checkpoints (default: %(default)s)")
+    p.add_argument("--log-every", type=int, default=defaults.log_every, help="report metrics every N steps")
+    p.add_argument("--val-every", type=int, default=defaults.val_every,
+                   help="validation loss on the valid split every N steps (0 = off)")
+    p.add_argument("--sample-every", type=int, default=defaults.sample_every,
+                   help="WAV + mel PNG samples of the EMA weights every N steps (0 = off)")
+    p.add_argument("--sample-prompt", action="append", dest="sample_prompts",
+                   help="a prompt for those samples (repeatable; default: a fixed set of four)")
+    p.add_argument("--sample-steps", type=int, default=defaults.sample_steps,
+                   help="Euler steps for samples and evaluation (default: %(default)s)")
+    p.add_argument("--sample-cfg", type=float, default=defaults.sample_cfg,
+                   help="classifier-free guidance scale for samples and evaluation (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                   help="FAD, KL, IS and CLAP score of EMA samples every N steps (0 = off; docs/evaluation.md)")
+    p.add_argument("--eval-clips", type=int, default=defaults.eval_clips,
+                   help="evaluate on the first N valid-split captions against their clips' audio (default: %(default)s)")
+    p.add_argument("--eval-reference", default="",
+                   help="instead, a reference-statistics file saved by pipelines.evaluation.Evaluator")
+    p.add_argument("--max-failures", type=int, default=defaults.max_failures,
+                   help="worker failures Ray Train recovers from by restarting at the last checkpoint")
+    p.add_argument("--shuffle-buffer", type=int, default=0,
+                   help="rows in each worker's seeded shuffle buffer (0 = 2048)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order, noise and dropout")
+    p.add_argument("--kit", default="", help="model kit for samples and evaluation (default: the corpus's kit)")
     return p.parse_args(argv)
 
 

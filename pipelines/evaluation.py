@@ -16,13 +16,14 @@ import importlib.util
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from pipelines import metrics, storage
+from pipelines.constants import CLIP_SAMPLES, SAMPLE_RATE
 
 CLASSIFIER = "clap-zero-shot"
 LABEL_PROMPT = "this is a sound of {label}"   # the same prompt as the zero-shot tagger (pipelines/tags.py)
@@ -277,3 +278,77 @@ class Evaluator:
         return {"classifier": CLASSIFIER, "classifier_id": self.classifier_id, "labels": self.label_set_id,
                 "label_temperature": self.temperature, "fad_embedder": self.embedder_id, "clap_model": self.clap_id,
                 "kl": "mean KL(reference || generated) of paired softmax label distributions"}
+
+
+# ---- prompt sets: captions with their reference audio (jobs/evaluate.py, evaluation during training)
+
+@dataclass
+class PromptSet:
+    source: str                     # what it was read from, for metrics.json
+    ids: list[str]
+    captions: list[str]
+    # Reference clips [B, CLIP_SAMPLES] produced on demand (a cache hit never decodes), or None.
+    reference: Callable[[], np.ndarray] | None = None
+    key: str = ""                   # names the reference content for the statistics cache
+    notes: dict = field(default_factory=dict)
+
+    def head(self, n: int | None) -> "PromptSet":
+        if n is None or n >= len(self.ids):
+            return self
+        ref = self.reference
+        cut = (lambda: ref()[:n]) if ref else None
+        return PromptSet(self.source, self.ids[:n], self.captions[:n], cut, f"{self.key}:first{n}", self.notes)
+
+
+def digest_ids(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def fit_clip(audio16k: np.ndarray, start: int = 0) -> tuple[np.ndarray, int]:
+    """A CLIP_SAMPLES window from `start`, zero-padded at the end; -> (clip, real length)."""
+    piece = np.asarray(audio16k[start:start + CLIP_SAMPLES], dtype=np.float32)
+    clip = np.zeros(CLIP_SAMPLES, np.float32)
+    clip[:len(piece)] = piece
+    return clip, len(piece)
+
+
+def read_source(uri: str):
+    return storage.read_bytes(uri) if storage.is_s3(uri) else uri
+
+
+def load_reference_clip(source, start_seconds: float = 0.0, duration_seconds: float | None = None) -> np.ndarray:
+    """Decode, cut one clip and normalise it the way training saw it (mean removed, peak 0.5)."""
+    from pipelines.audio import decode, normalise
+
+    clip, n = fit_clip(decode(source).audio, int(round(start_seconds * SAMPLE_RATE)))
+    if duration_seconds is not None:
+        n = min(n, int(round(duration_seconds * SAMPLE_RATE)))
+    return normalise(clip, n)
+
+
+def read_corpus(output: str, split: str) -> PromptSet:
+    """Captions of one corpus split (sorted by clip_id); reference audio decoded from source_uri per track."""
+    cols = ["clip_id", "source_uri", "start_seconds", "duration_seconds", "caption", "split"]
+    rows = []
+    for uri in storage.list_files(storage.join(output, "corpus"), ".parquet"):
+        t = storage.read_parquet(uri, columns=cols).to_pylist()
+        rows += [r for r in t if r["split"] == split]
+    if not rows:
+        raise ValueError(f"corpus {output}: no clips in split {split!r}")
+    rows.sort(key=lambda r: r["clip_id"])
+
+    def reference() -> np.ndarray:
+        from pipelines.audio import decode, normalise
+
+        tracks: dict[str, np.ndarray] = {}
+        clips = []
+        for r in rows:
+            if r["source_uri"] not in tracks:      # decode each track once
+                tracks[r["source_uri"]] = decode(read_source(r["source_uri"])).audio
+            clip, n = fit_clip(tracks[r["source_uri"]], int(round(r["start_seconds"] * SAMPLE_RATE)))
+            clips.append(normalise(clip, min(n, int(round(r["duration_seconds"] * SAMPLE_RATE)))))
+        return np.stack(clips)
+
+    ids = [r["clip_id"] for r in rows]
+    return PromptSet(f"corpus:{output}:{split}", ids, [r["caption"] for r in rows], reference,
+                     f"corpus:{output}:{split}:{digest_ids(ids)}")

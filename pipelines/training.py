@@ -63,8 +63,9 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     sample_steps: int = 50
     sample_cfg: float = 3.5
-    eval_every: int = 0
-    eval_reference: str = ""            # reference audio/cache for pipelines.evaluation.Evaluator
+    eval_every: int = 0                 # FAD/KL/IS/CLAP of EMA samples every N steps (0 = off)
+    eval_clips: int = 8                 # the first N valid-split captions, against their clips' audio
+    eval_reference: str = ""            # or a saved reference-statistics file (pipelines.evaluation.Evaluator)
     seed: int = 0
     strategy: str = ""                  # ddp | fsdp; "" = fsdp for large/giant, ddp otherwise
     shuffle_buffer: int = 0             # rows in each worker's seeded local shuffle; 0 = DEFAULT_SHUFFLE_ROWS
@@ -471,6 +472,8 @@ class _Run:
             else contextlib.nullcontext()
         self.tb = None
         self.sampler = None
+        self.evaluator = None
+        self.eval_prompts = None
 
     # -- resume
     def restore(self) -> None:
@@ -632,13 +635,23 @@ class _Run:
             save_wav(storage.join(folder_uri, f"{i:02d}.wav"), audio[i])
             save_mel_png(storage.join(folder_uri, f"{i:02d}.png"), mel[i], title=prompt)
         storage.write_bytes_atomic(storage.join(folder_uri, "prompts.json"), json.dumps(prompts).encode())
-        if not evaluate:
-            return {}
-        try:
-            from pipelines.evaluation import Evaluator
-        except ImportError:
-            return {}
-        scores = Evaluator(self.kit, self.cfg.eval_reference or None).score(audio, prompts)
+        return self.evaluate() if evaluate else {}
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the EMA weights' samples for a fixed prompt set: the first `eval_clips` captions of the
+        valid split, scored against those clips' own audio (or against `eval_reference`). The evaluator and
+        its reference statistics are built once per run (rank 0, after preview() loaded the EMA weights)."""
+        from pipelines.evaluation import Evaluator, read_corpus
+
+        if self.evaluator is None:
+            self.eval_prompts = read_corpus(self.cfg.data, "valid").head(self.cfg.eval_clips)
+            self.evaluator = Evaluator(self.kit, self.cfg.eval_reference or None, device=str(self.device))
+            if not self.cfg.eval_reference:
+                self.evaluator.reference(self.eval_prompts.reference, self.eval_prompts.key, ids=self.eval_prompts.ids)
+        prompts = self.eval_prompts
+        audio = self.sampler.generate(prompts.captions, steps=self.cfg.sample_steps, cfg_scale=self.cfg.sample_cfg,
+                                      seed=self.cfg.seed)
+        scores = self.evaluator.score(audio, prompts.captions, ids=prompts.ids)
         return {f"eval_{k}": float(v) for k, v in scores.items()}
 
     # -- logging (rank 0)

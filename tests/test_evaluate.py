@@ -160,7 +160,8 @@ def test_evaluate_job_end_to_end(tmp_path):
 
 
 def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
-    from jobs.evaluate import read_corpus, read_prompt_file
+    from jobs.evaluate import read_prompt_file
+    from pipelines.evaluation import read_corpus
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
     ps = read_prompt_file(str(tmp_path / "p.txt"))

@@ -102,6 +102,22 @@ def test_corpus_rows_are_complete(corpus_run):
     assert saved["counts"] == manifest["counts"] and saved["vae_scaling_factor"] > 0
 
 
+def test_two_workers_train_and_evaluate_on_the_prepared_corpus(corpus_run, tmp_path):
+    """DDP training straight from what prepare_corpus wrote, with the evaluation hook on the valid split."""
+    from pipelines.training import TrainConfig, list_checkpoints, run_training
+
+    config, _ = corpus_run
+    runs = str(tmp_path / "runs")
+    result = run_training(TrainConfig(size="tiny", data=config.output, storage=runs, run_name="e2e", num_workers=2,
+                                      global_batch_size=2, micro_batch_size=1, max_steps=2, checkpoint_every=2,
+                                      val_every=2, eval_every=2, eval_clips=2, sample_steps=2,
+                                      sample_prompts=["a calm test melody"], cpus_per_worker=0.25))
+    assert np.isfinite(result.metrics["loss"]) and np.isfinite(result.metrics["val_loss"])
+    for name in ("eval_fad", "eval_kl", "eval_is", "eval_clap_score"):
+        assert np.isfinite(result.metrics[name]), name
+    assert [c.rsplit("_", 1)[-1] for c in list_checkpoints(runs, "e2e")] == ["00000002"]
+
+
 def test_rerun_resumes_and_adds_new_inputs(music, corpus_run, tmp_path):
     folder, _ = music
     config, first = corpus_run

@@ -55,8 +55,7 @@ def s3_pipeline(s3_server, tmp_path_factory):
                       "--valid-fraction", "0", "--batch-size", "4")
     train = run_cli("train.py", "--size", "tiny", "--data", corpus, "--storage", runs, "--run-name", "e2e",
                     "--num-workers", "1", "--global-batch-size", "2", "--micro-batch-size", "1", "--max-steps", "2",
-                    "--checkpoint-every", "1", "--keep-checkpoints", "2", "--ema-every", "1",
-                    "--materialize-data")
+                    "--checkpoint-every", "1", "--keep-checkpoints", "2", "--ema-every", "1")
     return {"raw": raw, "corpus": corpus, "runs": runs, "fates": fates, "prepare": prepare, "train": train}
 
 
