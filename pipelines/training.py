@@ -72,7 +72,6 @@ class TrainConfig:
     kit: str = ""                       # "" = the corpus manifest's kit
     max_failures: int = 0
     cpus_per_worker: float = 0.5        # fractional on CPU: whole-CPU workers starve Ray Data on small hosts
-    materialize_data: bool = False      # no effect: training reads per worker and epoch, validation is materialised
 
     def resolved_strategy(self) -> str:
         strategy = self.strategy or ("fsdp" if self.size in FSDP_SIZES else "ddp")

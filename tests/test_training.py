@@ -51,7 +51,7 @@ def _state(storage_uri: str, name: str) -> dict:
 def test_two_worker_ddp_checkpoints_and_exact_resume(ray_local, corpus, tmp_path):
     runs = str(tmp_path / "runs")
     base = TrainConfig(size="tiny", data=corpus, storage=runs, num_workers=2, global_batch_size=8,
-                       micro_batch_size=2, lr=1e-3, ema_every=1, ema_decay=0.9, seed=3, materialize_data=True,
+                       micro_batch_size=2, lr=1e-3, ema_every=1, ema_decay=0.9, seed=3,
                        cpus_per_worker=0.25)
     # uninterrupted: 4 updates = 8 global micro-batches of 4 rows over 12 train rows (crosses 2 epoch ends)
     full = run_training(replace(base, run_name="full", max_steps=4, checkpoint_every=1, keep_checkpoints=2,
