@@ -113,8 +113,8 @@ def _with_rejects(batch: dict, cols) -> dict:
 
 # ---------------------------------------------------------------- stage classes
 
-class VaeEncoder:
-    """Mel [B,1024,64] -> VAE posterior mean/std [B,8,256,16]. The VAE runs in the kit dtype (fp32 for paper)."""
+class _Vae:
+    """The kit's AudioLDM2 VAE, loaded once, in the kit dtype (fp32 for the paper kit)."""
 
     def __init__(self, kit_name_or_path: str | Kit, device: str | None = None, batch_size: int = 4):
         self.kit = _kit(kit_name_or_path, ["vae"])
@@ -125,6 +125,10 @@ class VaeEncoder:
     @property
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
+
+
+class VaeEncoder(_Vae):
+    """Mel [B,1024,64] -> VAE posterior mean/std [B,8,256,16]."""
 
     @torch.no_grad()
     def encode(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,22 +160,12 @@ class VaeEncoder:
         return out
 
 
-class MelDecoder:
+class MelDecoder(_Vae):
     """VAE latent -> log-mel [B,1024,64].
 
     `decode(latent, scaled=False)`: by default `latent` is the UNSCALED VAE latent (what VaeEncoder returns,
     i.e. the flow model's output already divided by scaling_factor); pass scaled=True to give the flow model's
     scaled latent (z * scaling_factor) and let this class divide."""
-
-    def __init__(self, kit_name_or_path: str | Kit, device: str | None = None, batch_size: int = 4):
-        self.kit = _kit(kit_name_or_path, ["vae"])
-        self.device = device or default_device()
-        self.vae = self.kit.load_vae(self.device)
-        self.batch_size = batch_size
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, scaled: bool = False) -> torch.Tensor:

@@ -14,6 +14,17 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two OpenMP threads on two busy shared cores ran ~20x slower than one (measured): use one here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """One in-process local Ray for the whole session (starting one costs ~4 s). It starts after the S3
