@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,6 @@ class CorpusConfig:
     actors_per_stage: int = 1
     cpus_per_actor: float = 0.5            # fractional: whole-CPU actors starve the CPU tasks on small machines
     gpus_per_actor: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- ledger (resume)
@@ -102,6 +101,8 @@ def _normalise_metadata(metadata: dict) -> dict:
 
 def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: float) -> list[dict]:
     """One track -> its rows; an exact duplicate of an earlier track becomes one track-level rejection."""
+    import ray
+
     from pipelines.frontend import process_track
 
     rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs,
@@ -109,7 +110,7 @@ def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: 
     content_hash = next((r["content_hash"] for r in rows if r["content_hash"]), "")
     ok = [r for r in rows if not r["reject_reason"]]
     if content_hash and ok:
-        original = __import__("ray").get(registry.claim.remote(content_hash, source["track_id"], source["source_uri"]))
+        original = ray.get(registry.claim.remote(content_hash, source["track_id"], source["source_uri"]))
         if original:
             first = rows[0]
             rows = [dict(first, clip_id=source["track_id"], clip_index=-1, track_clip_count=1,
@@ -304,7 +305,7 @@ def _manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, latent
         "kit_models": kit.models(),
         "vae_scaling_factor": scaling,
         "t5_dim": dims["t5_dim"], "clap_dim": dims["clap_dim"],
-        "config": {k: v for k, v in asdict(config).items()},
+        "config": asdict(config),
         "counts": {
             "inputs": len(sources),
             "tracks_ok": len(set(corpus["track_id"]) & sources_by_id),

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
