@@ -27,6 +27,10 @@ class RayHead:
         self.temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")   # short: Ray's socket paths have a length limit
         self.dashboard_port = free_port()
         self.gcs_port = free_port()
+        # Every fixed default port too: another Ray on this machine (the tests' own local one) holds them.
+        self.extra_ports = {flag: free_port() for flag in (
+            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+            "--metrics-export-port", "--ray-client-server-port", "--object-manager-port", "--node-manager-port")}
 
     @property
     def env(self) -> dict[str, str]:
@@ -42,7 +46,8 @@ class RayHead:
         self.proc = subprocess.Popen(
             [ray_cli, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--node-ip-address=127.0.0.1",
              f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             f"--temp-dir={self.temp_dir}", "--disable-usage-stats"],
+             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+             *(f"{flag}={port}" for flag, port in self.extra_ports.items())],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
