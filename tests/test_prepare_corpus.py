@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +43,12 @@ def assert_exactly_once(corpus: pa.Table, quarantine: pa.Table, n_inputs: int) -
 
 
 @pytest.fixture(scope="module")
-def music(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("music")
+def music():
+    # A fixed folder: track ids hash the source path, and the train/valid split hashes the track id, so a fixed
+    # path gives the same split on every run (this one puts clips in both splits, train rows in several files).
+    folder = Path(tempfile.gettempdir()) / "fluxmusic-test-music"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
     hostile = write_hostile_inputs(folder)
     write_tone_track(folder / "song a.flac", seconds=25.0, sr=44_100, channels=2, fmt="flac")   # 2 clips + short tail
     write_tone_track(folder / "song b.wav", seconds=16.0, sr=22_050, channels=1, fmt="wav")    # 1 clip + padded tail
