@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     from pipelines.raylocal import init_local_ray
 
-    if config.kit == "tiny":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the tiny kit is local: never wait on hub retries
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never download models implicitly (README, "Models")
     init_local_ray()
     manifest = prepare_corpus(config)
     print("\n" + format_account(manifest))
