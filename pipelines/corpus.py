@@ -58,19 +58,33 @@ class Ledger:
         return track_id in self.expected and len(self.items.get(track_id, ())) >= self.expected[track_id]
 
 
-def read_ledger(output: str) -> Ledger:
+# The columns the account needs: small, read from every output file once per use.
+CORPUS_ACCOUNT = ["clip_id", "track_id", "track_clip_count", "content_hash", "duration_seconds", "split", "caption_source"]
+QUARANTINE_ACCOUNT = ["item_id", "track_id", "track_clip_count", "reason"]
+
+
+def read_account(output: str) -> tuple[dict[str, list], dict[str, list]]:
+    """(corpus, quarantine) columns of the account over everything the output holds."""
+    return (_read_all(storage.join(output, CORPUS_DIR), CORPUS_ACCOUNT),
+            _read_all(storage.join(output, QUARANTINE_DIR), QUARANTINE_ACCOUNT))
+
+
+def ledger_of(corpus: dict[str, list], quarantine: dict[str, list]) -> Ledger:
     items: dict[str, set[str]] = {}
     expected: dict[str, int] = {}
+    for ids, tracks, counts in ((corpus["clip_id"], corpus["track_id"], corpus["track_clip_count"]),
+                                (quarantine["item_id"], quarantine["track_id"], quarantine["track_clip_count"])):
+        for item, track, count in zip(ids, tracks, counts):
+            items.setdefault(track, set()).add(item)
+            expected[track] = count
     hashes: dict[str, str] = {}
-    for table_dir, id_column, extra in ((CORPUS_DIR, "clip_id", ["content_hash"]), (QUARANTINE_DIR, "item_id", [])):
-        for uri in storage.list_files(storage.join(output, table_dir), ".parquet"):
-            t = storage.read_parquet(uri, columns=[id_column, "track_id", "track_clip_count", *extra]).to_pydict()
-            for i, (item, track, count) in enumerate(zip(t[id_column], t["track_id"], t["track_clip_count"])):
-                items.setdefault(track, set()).add(item)
-                expected[track] = count
-                if extra:
-                    hashes.setdefault(t["content_hash"][i], track)
+    for content_hash, track in zip(corpus["content_hash"], corpus["track_id"]):
+        hashes.setdefault(content_hash, track)
     return Ledger(items, expected, hashes)
+
+
+def read_ledger(output: str) -> Ledger:
+    return ledger_of(*read_account(output))
 
 
 # ----------------------------------------------------------------------------- stages (thin wiring)
@@ -287,9 +301,8 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
 def _manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, latent: np.ndarray,
               run: Counter, wall: float) -> dict:
     """The account over the whole output (earlier runs included), from the tables themselves."""
-    corpus = _read_all(storage.join(config.output, CORPUS_DIR), ["track_id", "duration_seconds", "split", "caption_source"])
-    quarantine = _read_all(storage.join(config.output, QUARANTINE_DIR), ["track_id", "reason"])
-    ledger = read_ledger(config.output)
+    corpus, quarantine = read_account(config.output)
+    ledger = ledger_of(corpus, quarantine)
     previous = _previous_manifest(config.output)
     stats = np.asarray(previous.get("latent_stats", {}).get("_sums", [0.0, 0.0, 0]), float) + latent
     mean = stats[0] / stats[2] if stats[2] else 0.0
