@@ -36,6 +36,7 @@ MAX_CAPTION_CHARS = 300
 MIN_CAPTION_LETTERS = 3        # fewer letters than this is garbage, not a caption
 MIN_TAG_FRACTION = 0.6         # each clip sees a random subset of at least this share of its tags
 REJECT_STAGE = "caption"
+CAPTION_ATTEMPTS = 3           # tries per clip before an unusable caption becomes a caption_empty rejection
 
 
 # ---------------------------------------------------------------- prompts (pure)
@@ -188,12 +189,19 @@ def _reject_columns(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return pick("reject_reason"), pick("reject_stage"), pick("reject_detail")
 
 
+def retry_seed(seed: int, attempt: int) -> int:
+    """The sampling seed of a clip's attempt-th caption try (attempt 0: its own seed)."""
+    return seed if attempt == 0 else (seed + attempt * 0x9E3779B1) % (1 << 31)
+
+
 class CaptionStage:
     """Architecture step 5: adds `caption_synthetic` (and `caption_original` if the tag stage did not)."""
 
     def __init__(self, kit_name_or_path: str, backend: str = "transformers", seed: int = 0,
-                 writer: CaptionWriter | None = None, **writer_options: Any):
-        self.seed = seed
+                 writer: CaptionWriter | None = None, attempts: int = CAPTION_ATTEMPTS, **writer_options: Any):
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        self.seed, self.attempts = seed, attempts
         if writer is not None:
             self.writer = writer
         elif backend == "transformers":
@@ -209,7 +217,7 @@ class CaptionStage:
         n = len(batch["clip_id"])
         reasons, stages, details = _reject_columns(batch)
         captions = np.full(n, "", dtype=object)
-        todo, messages, seeds = [], [], []
+        todo, messages, seeds = [], {}, {}
         for i in range(n):
             if reasons[i]:
                 continue
@@ -218,21 +226,28 @@ class CaptionStage:
                 reasons[i], stages[i], details[i] = "no_tags", REJECT_STAGE, "the clip has no usable tags"
                 continue
             todo.append(i)
-            messages.append(build_messages(words, task))
-            seeds.append(sample_seed)
-        if todo:
+            messages[i], seeds[i] = build_messages(words, task), sample_seed
+        last_text = {}
+        # A sampled caption can come out as garbage (rare for a real LLM, ~2 % for the tiny kit's random one):
+        # such clips are asked again with a new seed derived from their own, so the result stays deterministic.
+        for attempt in range(self.attempts):
+            if not todo:
+                break
             try:
-                texts = self.writer.write(messages, seeds)
+                texts = self.writer.write([messages[i] for i in todo], [retry_seed(seeds[i], attempt) for i in todo])
                 if len(texts) != len(todo):
                     raise RuntimeError(f"the caption back end returned {len(texts)} texts for {len(todo)} prompts")
             except Exception as error:  # noqa: BLE001 - a failed batch becomes reject rows, not a crash
-                texts = None
                 for i in todo:
                     reasons[i], stages[i], details[i] = "llm_error", REJECT_STAGE, f"{type(error).__name__}: {error}"
-            for i, text in zip(todo, texts or []):
-                captions[i] = clean_caption(text)
-                if not captions[i]:
-                    reasons[i], stages[i], details[i] = "caption_empty", REJECT_STAGE, f"unusable output: {text[:200]!r}"
+                todo = []
+                break
+            for i, text in zip(todo, texts):
+                captions[i], last_text[i] = clean_caption(text), text
+            todo = [i for i in todo if not captions[i]]
+        for i in todo:
+            reasons[i], stages[i] = "caption_empty", REJECT_STAGE
+            details[i] = f"unusable output after {self.attempts} attempt(s); last: {last_text[i][:200]!r}"
         out = dict(batch)
         out.update(caption_synthetic=captions, reject_reason=reasons, reject_stage=stages, reject_detail=details)
         if "caption_original" not in out:

@@ -84,12 +84,40 @@ def test_caption_stage_reasons_with_a_fake_back_end():
     assert list(out["reject_stage"]) == ["", "caption", "vae", "caption"]
     assert list(out["caption_synthetic"][1:]) == ["", "", ""]
 
-    out = CaptionStage("unused", writer=FakeWriter(reply=" \n\ufffd "))(_batch([TAGS, TAGS]))
+    garbage = FakeWriter(reply=" \n\ufffd ")
+    out = CaptionStage("unused", writer=garbage, attempts=2)(_batch([TAGS, TAGS]))
     assert list(out["reject_reason"]) == ["caption_empty", "caption_empty"]
+    assert "after 2 attempt(s)" in out["reject_detail"][0] and len(garbage.calls) == 2
     out = CaptionStage("unused", writer=FakeWriter(error=RuntimeError("CUDA out of memory")))(_batch([TAGS]))
     assert out["reject_reason"][0] == "llm_error" and "CUDA out of memory" in out["reject_detail"][0]
     with pytest.raises(ValueError, match="add_vllm_caption_stage"):
         CaptionStage("tiny", backend="vllm")
+
+
+class FlakyWriter:
+    """Garbage on the first call for the rows in bad_first, a caption for everything else."""
+
+    def __init__(self, bad_first: set[int]):
+        self.bad_first, self.calls = bad_first, []
+
+    def write(self, messages, seeds=None):
+        self.calls.append(list(seeds))
+        first = len(self.calls) == 1
+        return ["\ufffd" if first and k in self.bad_first else f"caption with seed {s}" for k, s in enumerate(seeds)]
+
+
+def test_caption_stage_retries_unusable_output_with_new_seeds():
+    writer = FlakyWriter(bad_first={1})
+    out = CaptionStage("unused", writer=writer)(_batch([TAGS, TAGS, TAGS]))
+    assert list(out["reject_reason"]) == ["", "", ""]
+    first, retry = writer.calls
+    assert len(retry) == 1 and retry[0] == captions.retry_seed(first[1], 1) != first[1]     # only the bad clip
+    assert out["caption_synthetic"][1] == f"caption with seed {retry[0]}"
+    again = FlakyWriter(bad_first={1})
+    CaptionStage("unused", writer=again)(_batch([TAGS, TAGS, TAGS]))
+    assert again.calls == writer.calls                                    # retries are deterministic too
+    with pytest.raises(ValueError, match="attempts"):
+        CaptionStage("unused", writer=writer, attempts=0)
 
 
 def test_per_row_sampler():

@@ -74,7 +74,7 @@ def test_prepare_corpus_reads_and_writes_s3(s3_pipeline):
     per_track = Counter(r["track_id"] for r in clips + rejects)
     assert all(per_track[r["track_id"]] == r["track_clip_count"] for r in clips + rejects)
     by_name = Counter(os.path.basename(r["source_uri"]) for r in clips)
-    assert by_name == {"a.flac": 2, "b.wav": 1} and manifest["counts"]["clips"] == 3
+    assert by_name == {"a.flac": 2, "b.wav": 1} and manifest["counts"]["clips"] == 3, rejects
     reasons = {os.path.basename(r["source_uri"]): r["reason"] for r in rejects}
     assert reasons == {n: f for n, f in s3_pipeline["fates"].items() if f}
     assert storage.exists(storage.join(corpus_uri, "null_text", "null_text.parquet"))
