@@ -18,7 +18,7 @@ REASONS = {
     "short_tail": ("segment", "the track's last piece is shorter than min_clip_seconds and was dropped"),
     "non_finite": ("quality", "the clip has NaN or infinite samples"),
     "silent": ("quality", "the clip's RMS (before normalisation) is below silence_dbfs"),
-    "duplicate": ("quality", "the decoded track has the content hash of another track (kept: smallest URI)"),
+    "duplicate": ("quality", "the decoded track has the content hash of another track (kept: the first to claim it)"),
     "error": ("frontend", "an unexpected exception; detail holds its text"),
 }
 
