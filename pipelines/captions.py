@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipelines import constants
+from pipelines.tags import batch_copy, metadata_dict, original_caption, tag_lists
 
 TASKS = ("writing", "summary", "paraphrase")
 
@@ -248,11 +249,9 @@ class CaptionStage:
         for i in todo:
             reasons[i], stages[i] = "caption_empty", REJECT_STAGE
             details[i] = f"unusable output after {self.attempts} attempt(s); last: {last_text[i][:200]!r}"
-        out = dict(batch)
+        out = batch_copy(batch)
         out.update(caption_synthetic=captions, reject_reason=reasons, reject_stage=stages, reject_detail=details)
         if "caption_original" not in out:
-            from pipelines.tags import metadata_dict, original_caption
-
             metadata = batch.get("metadata", [None] * n)
             out["caption_original"] = np.array([original_caption(metadata_dict(m)) for m in metadata], dtype=object)
         return out
@@ -283,6 +282,8 @@ def _vllm_result(row: dict[str, Any]) -> dict[str, Any]:
     """After the processor: back to the input columns plus `caption_synthetic` and the reject columns."""
     out = {k: row[k] for k in row[_VLLM_KEYS]}
     out["caption_synthetic"] = ""
+    if "tags" in out:
+        out["tags"] = tag_lists([out["tags"]])[0]
     out.setdefault("caption_original", None)
     if out.get("reject_reason"):
         return out
@@ -359,7 +360,7 @@ def mix_captions(batch: dict[str, np.ndarray], *, p_original: float = constants.
             captions[i], sources[i] = original, "original"
         else:
             captions[i], sources[i] = batch["caption_synthetic"][i], "synthetic"
-    out = dict(batch)
+    out = batch_copy(batch)
     out.update(caption=captions, caption_source=sources)
     return out
 

@@ -13,6 +13,7 @@ import torch
 
 from model.kits import Kit, default_device, load_kit
 from pipelines.constants import CLAP_MAX_TOKENS, CLIP_SAMPLES, HOP_LENGTH, LATENT_SHAPE, SAMPLE_RATE, T5_MAX_TOKENS
+from pipelines.tags import batch_copy
 
 
 def _kit(kit_or_name: str | Kit, roles: list[str]) -> Kit:
@@ -106,7 +107,7 @@ def _reject(cols, rows, stage: str, reason: str, detail: str) -> None:
 
 
 def _with_rejects(batch: dict, cols) -> dict:
-    out = dict(batch)
+    out = batch_copy(batch)
     out["reject_reason"], out["reject_stage"], out["reject_detail"] = cols
     return out
 

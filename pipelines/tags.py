@@ -44,6 +44,23 @@ FALLBACK_MUSIC_VOCABULARY = [
 ]
 
 
+def tag_lists(values) -> np.ndarray:
+    """The tags column as plain lists of tag dicts. Ray Data hands a list<struct> column to numpy batches as
+    ndarrays of dicts, which it cannot turn back into Arrow (it pickles them, with a warning); lists it can."""
+    out = np.empty(len(values), dtype=object)
+    for i, tags in enumerate(values):
+        out[i] = [] if tags is None else list(tags)
+    return out
+
+
+def batch_copy(batch: dict) -> dict:
+    """A shallow copy of a Ray Data batch for a stage to extend, its tags column (if any) as tag_lists."""
+    out = dict(batch)
+    if "tags" in out:
+        out["tags"] = tag_lists(out["tags"])
+    return out
+
+
 def _tag(tag: str, source: str, score: float) -> dict:
     return {"tag": tag, "source": source, "score": float(score)}
 

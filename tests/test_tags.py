@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipelines import constants, tags
@@ -155,8 +156,10 @@ def test_tag_stage_on_ray(ray_local):
 
     captioned = ds.map_batches(CaptionStage, fn_constructor_kwargs={"kit_name_or_path": "tiny", "max_new_tokens": 8},
                                batch_size=4, concurrency=1, num_cpus=0.5)
-    mixed = {r["clip_id"]: r for r in captioned.map_batches(mix_captions, batch_size=4,
-                                                              fn_kwargs={"p_original": 1.0}).take_all()}
+    mixed_ds = captioned.map_batches(mix_captions, batch_size=4, fn_kwargs={"p_original": 1.0}).materialize()
+    # ... as native Arrow lists of structs, not Ray's pickled-object fallback
+    assert pa.types.is_list(mixed_ds.schema().base_schema.field("tags").type)
+    mixed = {r["clip_id"]: r for r in mixed_ds.take_all()}
     first, second = mixed[rows[0]["clip_id"]], mixed[rows[1]["clip_id"]]
     assert (first["caption"], first["caption_source"]) == ("a steady click", "original")
     assert second["caption_source"] == "synthetic" and second["caption"] == second["caption_synthetic"] != ""
