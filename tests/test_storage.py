@@ -185,13 +185,13 @@ def _capture(result: dict, fn, *args) -> None:
 def test_ray_data_parquet_through_s3(s3_server, ray_local):
     """Ray Data writes and reads Parquet on S3 through ray_filesystem; workers get the env explicitly."""
     ray = ray_local
-    remote_args = {"runtime_env": {"env_vars": storage.ray_worker_env()}}
+    runtime_env = {"env_vars": storage.ray_worker_env()}
     fs, path = storage.ray_filesystem(s3_server.uri(f"ray-{uuid.uuid4().hex[:8]}"))
     items = [{"clip_id": f"c{i:03d}", "value": float(i)} for i in range(20)]
     ds = ray.data.from_items(items).repartition(2)
-    ds.write_parquet(path, filesystem=fs, ray_remote_args=remote_args)
+    ds.write_parquet(path, filesystem=fs, ray_remote_args={"runtime_env": runtime_env})   # no named parameter
     written = storage.list_files("s3://" + path, ".parquet")
     assert len(written) >= 2
-    back = ray.data.read_parquet(path, filesystem=fs, ray_remote_args=remote_args).to_pandas()
+    back = ray.data.read_parquet(path, filesystem=fs, runtime_env=runtime_env).to_pandas()
     assert sorted(back["clip_id"]) == [it["clip_id"] for it in items]
     assert back["value"].sum() == sum(range(20))
