@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines import constants as C  # noqa: E402
+from schemas import constants as C  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 MARK_START, MARK_END = "<!-- corpus_stages:start -->", "<!-- corpus_stages:end -->"
@@ -90,8 +90,8 @@ def live_count(batch: dict[str, np.ndarray]) -> int:
 
 def front_end_rows(sources: list[dict]) -> tuple[list[dict], dict]:
     """process_track per track, as the pipeline's flat_map does (duplicate registry left out: no Ray here)."""
-    from pipelines.corpus import _normalise_metadata
-    from pipelines.frontend import process_track
+    from pipelines.corpus.pipeline import _normalise_metadata
+    from pipelines.corpus.frontend import process_track
 
     process_track(sources[0])            # warm-up, untimed: decoder imports
     rows = []
@@ -117,7 +117,7 @@ def run_stage(name: str, stage, batches: list[dict]) -> tuple[list[dict], dict]:
 
 def descriptors_only(batches: list[dict]) -> dict:
     """The CPU part of TagStage that no GPU takes over: tempo, key, loudness, brightness of each live clip."""
-    from pipelines.tags import signal_descriptors
+    from pipelines.corpus.tags import signal_descriptors
 
     clips = [np.asarray(b["audio"][i], np.float32)[: int(round(b["duration_seconds"][i] * C.SAMPLE_RATE))]
              for b in batches for i in range(len(b["clip_id"])) if not b["reject_reason"][i]]
@@ -131,10 +131,10 @@ def descriptors_only(batches: list[dict]) -> dict:
 
 def in_process_stages(sources: list[dict], kit: str, batch_size: int, output: str) -> tuple[list[dict], dict]:
     """Every stage in order on the same batches; returns per-stage results and model load seconds."""
-    from pipelines.captions import CaptionStage, mix_captions
-    from pipelines.corpus import CorpusWriter, add_log_mel
-    from pipelines.encoders import TextEncoder, VaeEncoder
-    from pipelines.tags import TagStage
+    from pipelines.corpus.captions import CaptionStage, mix_captions
+    from pipelines.corpus.pipeline import CorpusWriter, add_log_mel
+    from pipelines.models.encoders import TextEncoder, VaeEncoder
+    from pipelines.corpus.tags import TagStage
 
     rows, front = front_end_rows(sources)
     batches = [to_batch(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
@@ -162,7 +162,7 @@ def in_process_stages(sources: list[dict], kit: str, batch_size: int, output: st
 # ----------------------------------------------------------------------------- the whole job on local Ray
 
 def end_to_end(corpus: str, kit: str, batch_size: int, output: str) -> dict:
-    from pipelines.corpus import CorpusConfig, prepare_corpus
+    from pipelines.corpus.pipeline import CorpusConfig, prepare_corpus
     from pipelines.raylocal import init_local_ray
 
     with Clock() as start:
@@ -215,7 +215,7 @@ def real_vae(mel: np.ndarray) -> dict:
     """One batch of real mels through a random-weight AudioLDM2-size VAE encoder (posterior only)."""
     from diffusers import AutoencoderKL
 
-    from pipelines.encoders import vae_posterior
+    from pipelines.models.encoders import vae_posterior
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**REAL_VAE_CONFIG).eval()
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
             build(corpus, small=args.small)
         report["corpus_label"] = (f"the demo corpus (`--corpus {args.corpus}`)" if args.corpus else
                                   f"the {'small ' if args.small else ''}demo corpus (make_demo_corpus)")
-        from pipelines.sources import discover
+        from pipelines.corpus.sources import discover
 
         sources = discover([corpus])
         out = os.path.join(tmp, "in_process")
@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n{len(sources)} tracks, batch {args.batch_size}, {args.threads} torch thread(s)")
         print("\n".join(table(report["stages"])))
         if not args.no_real_vae:
-            from pipelines.audio import clips_to_log_mel
-            from pipelines.frontend import process_track
+            from pipelines.corpus.audio import clips_to_log_mel
+            from pipelines.corpus.frontend import process_track
 
             rows = [r for s in sources for r in process_track(s) if not r["reject_reason"]][: args.vae_batch]
             report["real_vae"] = real_vae(clips_to_log_mel(np.stack([r["audio"] for r in rows])))

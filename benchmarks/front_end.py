@@ -24,9 +24,10 @@ import soundfile as sf
 import soxr
 import torch
 
-from pipelines import audio, constants as C
-from pipelines.frontend import process_track
-from pipelines.sources import discover
+from pipelines.corpus import audio
+from schemas import constants as C
+from pipelines.corpus.frontend import process_track
+from pipelines.corpus.sources import discover
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "front_end.md")
 ASC_DIR = "/usr/share/games/asc/music"

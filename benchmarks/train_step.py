@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import build_model, count_parameters, model_flops_per_sample, rectified_flow_loss  # noqa: E402
-from pipelines.constants import CLAP_DIM, LATENT_SHAPE, T5_MAX_TOKENS  # noqa: E402
+from schemas.constants import CLAP_DIM, LATENT_SHAPE, T5_MAX_TOKENS  # noqa: E402
 
 DEFAULT_BATCH = {"tiny": 4, "small": 1, "base": 8, "large": 4, "giant": 2, "giant_full": 2}
 

@@ -4,7 +4,7 @@ r"""Score text-to-music generations: FAD, KL, IS and CLAP score (docs/evaluation
         --num-clips 1000 --output eval/small-200k
     python jobs/evaluate.py --generated samples/ --prompts prompts.csv --kit paper --output eval/samples
 
-What is generated: --checkpoint (clips made here with pipelines/generate.py, saved to OUTPUT/generated/) or
+What is generated: --checkpoint (clips made here with pipelines/evaluation/generate.py, saved to OUTPUT/generated/) or
 --generated (a folder of WAVs named <prompt id>.wav). Which prompts, and the reference audio FAD and KL compare
 against: --prompts FILE, --hf-dataset DIR or --corpus DIR --split valid (--reference overrides the reference).
 Writes OUTPUT/metrics.json (numbers, kit, checkpoint, clip count, seeds, classifier) and OUTPUT/metrics.md
@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from pipelines import storage  # noqa: E402
-from pipelines.constants import SAMPLE_RATE  # noqa: E402
-from pipelines.evaluation import (PromptSet, digest_ids, read_source, fit_clip, load_reference_clip,  # noqa: E402
+from schemas.constants import SAMPLE_RATE  # noqa: E402
+from pipelines.evaluation.evaluator import (PromptSet, digest_ids, read_source, fit_clip, load_reference_clip,  # noqa: E402
                                   read_corpus)
 
 
@@ -110,7 +110,7 @@ def read_prompt_file(uri: str) -> PromptSet:
 
 
 def read_hf_dataset(path: str) -> PromptSet:
-    """A datasets.save_to_disk folder; audio is read undecoded (bytes/path) and decoded by pipelines.audio."""
+    """A datasets.save_to_disk folder; audio is read undecoded (bytes/path) and decoded by pipelines.corpus.audio."""
     import datasets
 
     ds = datasets.load_from_disk(path)
@@ -129,7 +129,7 @@ def read_hf_dataset(path: str) -> PromptSet:
             clips = []
             for item in ds["audio"]:
                 if isinstance(item, dict) and item.get("array") is not None:    # a plain dict column
-                    from pipelines.audio import normalise
+                    from pipelines.corpus.audio import normalise
                     import soxr
 
                     wave = np.asarray(item["array"], np.float32)
@@ -145,7 +145,7 @@ def read_hf_dataset(path: str) -> PromptSet:
 
 def read_wav_dir(folder: str, ids: list[str]) -> np.ndarray:
     """<id>.wav for every id -> [B, CLIP_SAMPLES] at 16 kHz (cut or zero-padded; not normalised)."""
-    from pipelines.audio import decode
+    from pipelines.corpus.audio import decode
 
     uris = [storage.join(folder, f"{i}.wav") for i in ids]
     missing = [u for u in uris if not storage.exists(u)]
@@ -166,7 +166,7 @@ class GenerateBatch:
     """One Generator per worker: a batch row {seed, ids, captions} -> {seed, ids, audio [b, 163840]}."""
 
     def __init__(self, kit: str, checkpoint: str, *, weights: str, steps: int, cfg: float, device: str | None = None):
-        from pipelines.generate import Generator
+        from pipelines.evaluation.generate import Generator
 
         self.generator = Generator(kit, checkpoint, weights=weights, device=device)
         self.steps, self.cfg = steps, cfg
@@ -194,7 +194,7 @@ def generate(args: argparse.Namespace, kit: str, ids: list[str], captions: list[
     """Batched generation from the checkpoint, in process or on Ray (--workers > 1).
     -> (audio [B, 163840] in prompt order, seeds, parameter count)."""
     from model import count_parameters
-    from pipelines.generate import model_from_checkpoint, save_wav
+    from pipelines.evaluation.generate import model_from_checkpoint, save_wav
 
     batches = generation_batches(ids, captions, args.batch_size, args.seed)
     worker_args = dict(kit=kit, checkpoint=args.checkpoint, weights=args.weights, steps=args.steps, cfg=args.cfg)
@@ -255,7 +255,7 @@ def _json_safe(obj):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines.evaluation import Evaluator
+    from pipelines.evaluation.evaluator import Evaluator
 
     args = parse_args(argv)
     started = time.time()
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kit = args.kit
     if not kit and args.checkpoint:
-        from pipelines.generate import load_checkpoint_state
+        from pipelines.evaluation.generate import load_checkpoint_state
 
         kit = load_checkpoint_state(args.checkpoint)["model_config"].get("kit", "")
     kit = kit or "tiny"

@@ -17,8 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import constants  # noqa: E402
-from pipelines.corpus import CorpusConfig, format_account, prepare_corpus  # noqa: E402
+from schemas import constants  # noqa: E402
+from pipelines.corpus.pipeline import CorpusConfig, format_account, prepare_corpus  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> CorpusConfig:
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                         "column and optional caption/tags/title/artist/genre columns). Repeatable.")
     p.add_argument("--output", required=True, help="output folder or s3:// prefix (created; re-runs resume into it)")
     p.add_argument("--kit", default="tiny",
-                   help="model kit: a name in model/kits/ (tiny, paper, cpu-real) or a path to a kit YAML (default: tiny)")
+                   help="model kit: a name in pipelines/models/kits/ (tiny, paper, cpu-real) or a path to a kit YAML (default: tiny)")
     p.add_argument("--limit", type=int, default=None, help="process at most this many inputs (in sorted order)")
     p.add_argument("--min-clip-seconds", type=float, default=constants.MIN_CLIP_SECONDS,
                    help="a track's last piece shorter than this is dropped (and counted); a longer one is zero-padded "

@@ -42,7 +42,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines.generate import Generator, load_checkpoint_state, save_mel_png, save_wav
+    from pipelines.evaluation.generate import Generator, load_checkpoint_state, save_mel_png, save_wav
 
     args = parse_args(argv)
     prompts = read_prompts(args)

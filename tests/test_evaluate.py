@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipelines.constants import CLIP_SAMPLES, SAMPLE_RATE
+from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
 
 
 def _tones(freqs: list[float], rate: int = SAMPLE_RATE, seconds: float = 10.24, seed: int = 0) -> np.ndarray:
@@ -30,13 +30,13 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluator(cache_dir):
-    from pipelines.evaluation import Evaluator
+    from pipelines.evaluation.evaluator import Evaluator
 
     return Evaluator("tiny", cache_dir=cache_dir, batch_size=4, labels="music")
 
 
 def test_reference_stats_are_cached_on_disk(evaluator, cache_dir):
-    from pipelines.evaluation import Evaluator, cache_uri
+    from pipelines.evaluation.evaluator import Evaluator, cache_uri
 
     reference = _tones([220, 330, 440, 550, 660])
     before = evaluator.clips_embedded
@@ -86,7 +86,7 @@ def test_score_against_itself_and_against_other_audio(evaluator):
     assert other["fad"] > 1e-6 and other["kl"] > 0
 
     # clap_score is the mean cosine of the prompt and audio embeddings, computed by the kit's CLAP.
-    from pipelines.metrics import clap_score
+    from pipelines.evaluation.metrics import clap_score
 
     expected = clap_score(evaluator.clap.text(prompts), evaluator.clap.audio(noise))
     assert other["clap_score"] == pytest.approx(expected, rel=1e-6)
@@ -98,7 +98,7 @@ def test_score_against_itself_and_against_other_audio(evaluator):
 def _tiny_checkpoint(folder) -> str:
     """A checkpoint in the training loop's state.pt layout (model_config + ema weights) for the tiny kit."""
     from model import build_model
-    from model.tiny_kit import CLAP_TEXT_DIM, T5_DIM
+    from pipelines.models.tiny_kit import CLAP_TEXT_DIM, T5_DIM
 
     torch.manual_seed(0)
     model = build_model("tiny", context_in_dim=T5_DIM, vec_in_dim=CLAP_TEXT_DIM)
@@ -112,7 +112,7 @@ def _tiny_checkpoint(folder) -> str:
 def test_evaluate_job_end_to_end(tmp_path):
     from jobs import evaluate
 
-    # Reference clips: 44.1 kHz stereo WAVs (decoded, down-mixed and resampled by pipelines.audio).
+    # Reference clips: 44.1 kHz stereo WAVs (decoded, down-mixed and resampled by pipelines.corpus.audio).
     refs = tmp_path / "refs"
     refs.mkdir()
     captions = ["a calm piano melody", "an energetic rock song with drums", "ambient pads with reverb"]
@@ -161,7 +161,7 @@ def test_evaluate_job_end_to_end(tmp_path):
 
 def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
     from jobs.evaluate import read_prompt_file
-    from pipelines.evaluation import read_corpus
+    from pipelines.evaluation.evaluator import read_corpus
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
     ps = read_prompt_file(str(tmp_path / "p.txt"))

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 
 from pipelines import storage
-from pipelines.corpus import CORPUS_DIR, QUARANTINE_DIR, CorpusConfig, prepare_corpus
-from pipelines.training import TrainConfig, list_checkpoints, load_state, run_training
+from pipelines.corpus.pipeline import CORPUS_DIR, QUARANTINE_DIR, CorpusConfig, prepare_corpus
+from pipelines.training.loop import TrainConfig, list_checkpoints, load_state, run_training
 from schemas import CORPUS, QUARANTINE, validate
 from tests.audio_fixtures import write_tone_track
 from tests.corpus_fixture import write_tiny_corpus
@@ -279,7 +279,7 @@ def test_every_torch_load_is_weights_only():
 
 def test_manifest_escaping_the_input_root_is_refused(ray_local, tmp_path):
     from jobs import prepare_corpus as job
-    from pipelines.sources import ManifestError
+    from pipelines.corpus.sources import ManifestError
 
     root = tmp_path / "inputs"
     root.mkdir()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.kits import KitError, ensure_tiny_kit, load_kit
-from model.tiny_kit import TINY_KIT_VERSION, build_tiny_kit
+from pipelines.models.kits import KitError, ensure_tiny_kit, load_kit
+from pipelines.models.tiny_kit import TINY_KIT_VERSION, build_tiny_kit
 
 
 def _tree_hash(folder: Path) -> dict[str, str]:

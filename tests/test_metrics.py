@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from pipelines.metrics import (
+from pipelines.evaluation.metrics import (
     clap_score,
     frechet_distance,
     gaussian_stats,

@@ -6,15 +6,15 @@ import pytest
 import soundfile
 import torch
 
-from pipelines.constants import CLIP_SAMPLES, SAMPLE_RATE
+from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A checkpoint folder in the training layout (state.pt) holding a fresh tiny model."""
     from model import build_model
-    from model.kits import ensure_tiny_kit
-    from pipelines.encoders import TextEncoder
+    from pipelines.models.kits import ensure_tiny_kit
+    from pipelines.models.encoders import TextEncoder
 
     ensure_tiny_kit()
     text = TextEncoder("tiny", device="cpu")
@@ -45,7 +45,7 @@ def test_sample_cli_writes_wav_and_png(checkpoint, tmp_path):
 
 
 def test_encoder_subsets_use_null_embeddings(checkpoint):
-    from pipelines.generate import Generator, parse_encoders
+    from pipelines.evaluation.generate import Generator, parse_encoders
 
     gen = Generator("tiny", checkpoint, device="cpu")
     prompts = ["bright ukulele pop", "slow ambient drone"]
@@ -67,7 +67,7 @@ def test_encoder_subsets_use_null_embeddings(checkpoint):
 def test_a_run_folder_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
     import shutil
 
-    from pipelines.generate import load_checkpoint_state
+    from pipelines.evaluation.generate import load_checkpoint_state
 
     run = tmp_path / "run"
     for step in (1, 12, 3):

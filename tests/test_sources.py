@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import sources
+from pipelines.corpus import sources
 from tests.audio_fixtures import write_tone_track
 
 

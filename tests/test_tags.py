@@ -5,8 +5,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines import constants, tags
-from pipelines.tags import descriptor_tags, metadata_tags, music_vocabulary, signal_descriptors
+from schemas import constants
+from pipelines.corpus import tags
+from pipelines.corpus.tags import descriptor_tags, metadata_tags, music_vocabulary, signal_descriptors
 
 SR = constants.SAMPLE_RATE
 
@@ -106,7 +107,7 @@ def test_label_to_tag():
 
 @pytest.fixture(scope="module")
 def tiny_kit():
-    from model.kits import load_kit
+    from pipelines.models.kits import load_kit
 
     return load_kit("tiny")
 
@@ -152,7 +153,7 @@ def test_tag_stage_on_ray(ray_local):
     assert "finite" in failed["reject_detail"]
 
     # Tags survive the Arrow round trip into the caption stage and the mix (steps 4 -> 5 -> 6).
-    from pipelines.captions import CaptionStage, mix_captions
+    from pipelines.corpus.captions import CaptionStage, mix_captions
 
     captioned = ds.map_batches(CaptionStage, fn_constructor_kwargs={"kit_name_or_path": "tiny", "max_new_tokens": 8},
                                batch_size=4, concurrency=1, num_cpus=0.5)

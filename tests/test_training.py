@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipelines import storage
-from pipelines.training import (TrainConfig, accumulation_steps, apply_text_dropout, assign_files, batches_per_epoch,
+from pipelines.training.loop import (TrainConfig, accumulation_steps, apply_text_dropout, assign_files, batches_per_epoch,
                                 ema_update, list_checkpoints, load_state, rank_micro_batches, run_training,
                                 scan_corpus, t_bucket_sums)
 from tests.corpus_fixture import write_tiny_corpus

@@ -1,7 +1,7 @@
 """The `tiny` model kit: every role's real class with small, deterministic random weights.
 
 Built in a few seconds from configs (fixed seeds), saved with `save_pretrained`, and then loaded by
-`model.kits` through exactly the same `from_pretrained(path)` code as real weights. Tokenizers are trained
+`pipelines.models.kits` through exactly the same `from_pretrained(path)` code as real weights. Tokenizers are trained
 on a small music-caption word list with the `tokenizers` library.
 """
 from __future__ import annotations

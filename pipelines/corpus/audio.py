@@ -19,7 +19,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from pipelines import constants as C
+from schemas import constants as C
 
 AudioSource = str | bytes          # a local path, or the whole file's bytes (e.g. read from s3://)
 BLOCK_FRAMES = 1 << 16             # native-rate frames per decoded block

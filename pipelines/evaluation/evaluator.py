@@ -22,11 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from pipelines import metrics, storage
-from pipelines.constants import CLIP_SAMPLES, SAMPLE_RATE
+from pipelines.evaluation import metrics
+from pipelines import storage
+from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
 
 CLASSIFIER = "clap-zero-shot"
-LABEL_PROMPT = "this is a sound of {label}"   # the same prompt as the zero-shot tagger (pipelines/tags.py)
+LABEL_PROMPT = "this is a sound of {label}"   # the same prompt as the zero-shot tagger (pipelines/corpus/tags.py)
 CACHE_VERSION = 1
 
 AudioEmbedder = Callable[[np.ndarray], np.ndarray]   # [B, N] 16 kHz -> [B, D]
@@ -53,7 +54,7 @@ def audioset_labels() -> list[str]:
 
 def label_set(name: str) -> tuple[str, list[str]]:
     """("audioset-527" | "music-N" | "builtin-music-N", labels) for name "audioset" or "music"."""
-    from pipelines.tags import FALLBACK_MUSIC_VOCABULARY, music_vocabulary
+    from pipelines.corpus.tags import FALLBACK_MUSIC_VOCABULARY, music_vocabulary
 
     if name == "audioset":
         labels = audioset_labels()
@@ -68,7 +69,7 @@ def label_set(name: str) -> tuple[str, list[str]]:
 
 
 def label_prompts(labels: list[str]) -> list[str]:
-    from pipelines.tags import label_to_tag
+    from pipelines.corpus.tags import label_to_tag
 
     return [LABEL_PROMPT.format(label=label_to_tag(label)) for label in labels]
 
@@ -135,8 +136,8 @@ class Evaluator:
     def __init__(self, kit_name_or_path, reference=None, *, embedder: str | AudioEmbedder = "clap",
                  cache_dir: str | None = None, labels: str = "audioset", label_temperature: float | None = None,
                  batch_size: int = 8, device: str | None = None, reference_key: str | None = None):
-        from model.kits import Kit, load_kit
-        from pipelines.encoders import ClapEmbedder
+        from pipelines.models.kits import Kit, load_kit
+        from pipelines.models.encoders import ClapEmbedder
 
         self.kit = load_kit(kit_name_or_path) if not isinstance(kit_name_or_path, Kit) else kit_name_or_path
         self.cache_dir = cache_dir or default_cache_dir()
@@ -318,7 +319,7 @@ def read_source(uri: str):
 
 def load_reference_clip(source, start_seconds: float = 0.0, duration_seconds: float | None = None) -> np.ndarray:
     """Decode, cut one clip and normalise it the way training saw it (mean removed, peak 0.5)."""
-    from pipelines.audio import decode, normalise
+    from pipelines.corpus.audio import decode, normalise
 
     clip, n = fit_clip(decode(source).audio, int(round(start_seconds * SAMPLE_RATE)))
     if duration_seconds is not None:
@@ -338,7 +339,7 @@ def read_corpus(output: str, split: str) -> PromptSet:
     rows.sort(key=lambda r: r["clip_id"])
 
     def reference() -> np.ndarray:
-        from pipelines.audio import decode, normalise
+        from pipelines.corpus.audio import decode, normalise
 
         tracks: dict[str, np.ndarray] = {}
         clips = []

@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 
-from pipelines import constants as C
+from schemas import constants as C
 
 SILENCE_DBFS = -60.0
 

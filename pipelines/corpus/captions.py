@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipelines import constants
-from pipelines.tags import batch_copy, metadata_dict, original_caption, tag_lists
+from schemas import constants
+from pipelines.corpus.tags import batch_copy, metadata_dict, original_caption, tag_lists
 
 TASKS = ("writing", "summary", "paraphrase")
 
@@ -142,7 +142,7 @@ class TransformersCaptionWriter:
 
     def __init__(self, kit, max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
                  top_k: int = 64, batch_size: int = 8, device: str | None = None):
-        from model.kits import default_device
+        from pipelines.models.kits import default_device
 
         self.device = device or default_device()
         self.model, self.tokenizer = kit.load_llm(self.device)
@@ -206,7 +206,7 @@ class CaptionStage:
         if writer is not None:
             self.writer = writer
         elif backend == "transformers":
-            from model.kits import load_kit
+            from pipelines.models.kits import load_kit
 
             self.writer = TransformersCaptionWriter(load_kit(kit_name_or_path), **writer_options)
         elif backend == "vllm":
@@ -327,7 +327,7 @@ def add_vllm_caption_stage(ds, kit, *, concurrency: int | tuple[int, int] = 1,
         raise VllmUnavailable("vllm is not installed here and runtime_env installs nothing: pass "
                               "runtime_env={'pip': ['vllm>=0.33']} or run on a GPU image with vLLM")
     if isinstance(kit, str):
-        from model.kits import load_kit
+        from pipelines.models.kits import load_kit
 
         kit = load_kit(kit)
     config = vLLMEngineProcessorConfig(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import constants
+from schemas import constants
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -197,7 +197,7 @@ class ClapTagger:
     prompt = "this is a sound of {label}"
 
     def __init__(self, kit, labels: list[str] | None = None):
-        from pipelines.encoders import ClapEmbedder
+        from pipelines.models.encoders import ClapEmbedder
 
         self.embedder = ClapEmbedder(kit)
         self.labels = labels or music_vocabulary()
@@ -238,7 +238,7 @@ class TagStage:
     """Architecture step 4: adds `tags` and `caption_original`, drops `audio` and `mel`; skips rejected rows."""
 
     def __init__(self, kit_name_or_path: str, top_k: int = 5):
-        from model.kits import load_kit
+        from pipelines.models.kits import load_kit
 
         self.top_k = top_k
         self.tagger = ClapTagger(load_kit(kit_name_or_path))

@@ -1,7 +1,7 @@
 """Evaluation math: Fréchet distance, KL, Inception Score, CLAP score (pure numpy, float64).
 
 Inputs are embeddings or class probabilities; which model produced them is the caller's business
-(see pipelines/evaluation.py and docs/evaluation.md).
+(see pipelines/evaluation/evaluator.py and docs/evaluation.md).
 """
 from __future__ import annotations
 

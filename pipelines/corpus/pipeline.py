@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipelines import constants, storage
+from schemas import constants
+from pipelines import storage
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, SCHEMA_VERSION, conform
 
 CORPUS_DIR, QUARANTINE_DIR, NULL_TEXT_DIR, MANIFEST = "corpus", "quarantine", "null_text", "manifest.json"
@@ -117,7 +118,7 @@ def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: 
     """One track -> its rows; an exact duplicate of an earlier track becomes one track-level rejection."""
     import ray
 
-    from pipelines.frontend import process_track
+    from pipelines.corpus.frontend import process_track
 
     rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs,
                          skip_clip_ids=frozenset(source.get("skip_ids", ())))
@@ -136,7 +137,7 @@ def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: 
 
 
 def add_log_mel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from pipelines.audio import clips_to_log_mel
+    from pipelines.corpus.audio import clips_to_log_mel
 
     ok = batch["reject_reason"] == ""
     mel = np.zeros((len(ok), constants.MEL_FRAMES, constants.N_MELS), np.float32)
@@ -217,9 +218,9 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry):
     """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy)."""
     import ray.data
 
-    from pipelines.captions import CaptionStage, add_vllm_caption_stage, mix_captions
-    from pipelines.encoders import TextEncoder, VaeEncoder
-    from pipelines.tags import TagStage
+    from pipelines.corpus.captions import CaptionStage, add_vllm_caption_stage, mix_captions
+    from pipelines.models.encoders import TextEncoder, VaeEncoder
+    from pipelines.corpus.tags import TagStage
 
     env = _worker_env()
     actor = dict(compute=ray.data.ActorPoolStrategy(size=config.actors_per_stage), num_cpus=config.cpus_per_actor,
@@ -255,7 +256,7 @@ def write_null_text(config: CorpusConfig) -> dict:
     """The empty-caption embeddings, through the very same TextEncoder stage as every caption."""
     import ray.data
 
-    from pipelines.encoders import TextEncoder
+    from pipelines.models.encoders import TextEncoder
 
     ds = ray.data.from_items([{"caption": "", "reject_reason": "", "reject_stage": "", "reject_detail": ""}])
     row = ds.map_batches(TextEncoder, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor,
@@ -270,8 +271,8 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     """Run the whole pipeline on a started Ray; return (and write) the manifest with the full account."""
     import ray
 
-    from model.kits import load_kit
-    from pipelines.sources import discover
+    from pipelines.models.kits import load_kit
+    from pipelines.corpus.sources import discover
 
     started = time.time()
     kit = load_kit(config.kit)

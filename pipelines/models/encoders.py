@@ -11,9 +11,9 @@ import numpy as np
 import soxr
 import torch
 
-from model.kits import Kit, default_device, load_kit
-from pipelines.constants import CLAP_MAX_TOKENS, CLIP_SAMPLES, HOP_LENGTH, LATENT_SHAPE, SAMPLE_RATE, T5_MAX_TOKENS
-from pipelines.tags import batch_copy
+from pipelines.models.kits import Kit, default_device, load_kit
+from schemas.constants import CLAP_MAX_TOKENS, CLIP_SAMPLES, HOP_LENGTH, LATENT_SHAPE, SAMPLE_RATE, T5_MAX_TOKENS
+from pipelines.corpus.tags import batch_copy
 
 
 def _kit(kit_or_name: str | Kit, roles: list[str]) -> Kit:

@@ -1,7 +1,7 @@
 """Text -> scaled latent (Euler + CFG) -> log-mel (VAE) -> waveform (HiFi-GAN), shared by jobs/sample.py,
 training previews and evaluation.
 
-Prompts are encoded with pipelines.encoders.TextEncoder, i.e. exactly the corpus convention; the
+Prompts are encoded with pipelines.models.encoders.TextEncoder, i.e. exactly the corpus convention; the
 unconditional branch and any encoder left out of `encoders` get the empty-caption ("") embedding, the same
 null the model saw under CFG dropout during training.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines import storage
-from pipelines.constants import LATENT_SHAPE, SAMPLE_RATE
+from schemas.constants import LATENT_SHAPE, SAMPLE_RATE
 
 ENCODER_CHOICES = ("t5", "clap")
 
@@ -77,8 +77,8 @@ class Generator:
     def __init__(self, kit: str, checkpoint_or_model: str | nn.Module, *, weights: str = "ema",
                  encoders: str | tuple[str, ...] = ENCODER_CHOICES, scaling_factor: float | None = None,
                  device: str | None = None):
-        from model.kits import default_device
-        from pipelines.encoders import MelDecoder, TextEncoder, Vocoder
+        from pipelines.models.kits import default_device
+        from pipelines.models.encoders import MelDecoder, TextEncoder, Vocoder
 
         self.device = device or default_device()
         if isinstance(checkpoint_or_model, nn.Module):

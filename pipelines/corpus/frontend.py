@@ -6,8 +6,10 @@ import os
 
 import numpy as np
 
-from pipelines import audio, constants as C, quality, storage
-from pipelines.sources import read_embedded_tags
+from pipelines.corpus import audio, quality
+from schemas import constants as C
+from pipelines import storage
+from pipelines.corpus.sources import read_embedded_tags
 
 _SILENT_AUDIO = np.zeros(C.CLIP_SAMPLES, np.float32)   # shared by every rejected row, so read-only
 _SILENT_AUDIO.flags.writeable = False
