@@ -5,8 +5,8 @@ bytes per clip in the written Parquet, and one batch through a real-size AudioLD
                                        [--no-ray] [--no-real-vae] [--vae-batch 2] [--no-docs] [--json PATH]
 
 Stages are called exactly as Ray Data calls them (numpy batches of `--batch-size` rows, rejected rows
-included), each stage's output feeding the next: front end (`process_track` per track), log-mel, VaeEncoder,
-TagStage, CaptionStage (transformers), mix, TextEncoder, CorpusWriter. Models load before timing and every
+included), each stage's output feeding the next: front end (`process_track` per track), log-mel, VaeStage,
+TagStage, CaptionStage (transformers), mix, TextStage, CorpusWriter. Models load before timing and every
 batch stage first runs its first batch once untimed (imports, mel basis, first-call allocations). clips/s counts
 the live clips entering the stage; wall and CPU seconds (this process and its ffmpeg children) are both reported
 because the machine is shared.
@@ -90,7 +90,7 @@ def live_count(batch: dict[str, np.ndarray]) -> int:
 
 def front_end_rows(sources: list[dict]) -> tuple[list[dict], dict]:
     """process_track per track, as the pipeline's flat_map does (duplicate registry left out: no Ray here)."""
-    from pipelines.corpus.pipeline import _normalise_metadata
+    from pipelines.corpus.frontend import _normalise_metadata
     from pipelines.corpus.frontend import process_track
 
     process_track(sources[0])            # warm-up, untimed: decoder imports
@@ -132,19 +132,20 @@ def descriptors_only(batches: list[dict]) -> dict:
 def in_process_stages(sources: list[dict], kit: str, batch_size: int, output: str) -> tuple[list[dict], dict]:
     """Every stage in order on the same batches; returns per-stage results and model load seconds."""
     from pipelines.corpus.captions import CaptionStage, mix_captions
-    from pipelines.corpus.pipeline import CorpusWriter, add_log_mel
-    from pipelines.models.encoders import TextEncoder, VaeEncoder
+    from pipelines.corpus.frontend import add_log_mel
+    from pipelines.corpus.writer import CorpusWriter
+    from pipelines.corpus.encode import TextStage, VaeStage
     from pipelines.corpus.tags import TagStage
 
     rows, front = front_end_rows(sources)
     batches = [to_batch(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
     loads = {}
     stages = [("log-mel", lambda: add_log_mel),
-              ("VaeEncoder", lambda: VaeEncoder(kit)),
+              ("VaeStage", lambda: VaeStage(kit)),
               ("TagStage (signal + CLAP)", lambda: TagStage(kit)),
               ("CaptionStage (transformers)", lambda: CaptionStage(kit, backend="transformers")),
               ("mix", lambda: mix_captions),
-              ("TextEncoder (T5 + CLAP)", lambda: TextEncoder(kit)),
+              ("TextStage (T5 + CLAP)", lambda: TextStage(kit)),
               # Its warm-up batch is written again by the timed pass under the same name (atomic replace).
               ("CorpusWriter (Parquet, zstd)", lambda: CorpusWriter(output, 0.02))]
     results = [front]
@@ -162,7 +163,8 @@ def in_process_stages(sources: list[dict], kit: str, batch_size: int, output: st
 # ----------------------------------------------------------------------------- the whole job on local Ray
 
 def end_to_end(corpus: str, kit: str, batch_size: int, output: str) -> dict:
-    from pipelines.corpus.pipeline import CorpusConfig, prepare_corpus
+    from pipelines.corpus.config import CorpusConfig
+    from pipelines.corpus.pipeline import prepare_corpus
     from pipelines.raylocal import init_local_ray
 
     with Clock() as start:
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus
         if corpus is None:
-            from jobs.make_demo_corpus import build
+            from pipelines.corpus.demo import build
             corpus = os.path.join(tmp, "demo")
             build(corpus, small=args.small)
         report["corpus_label"] = (f"the demo corpus (`--corpus {args.corpus}`)" if args.corpus else

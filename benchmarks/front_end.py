@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus
         if corpus is None:
-            from jobs.make_demo_corpus import build
+            from pipelines.corpus.demo import build
             corpus = os.path.join(tmp, "demo")
             build(corpus)
         results = [run("demo corpus (make_demo_corpus)", discover([corpus]))]

@@ -18,7 +18,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from schemas import constants  # noqa: E402
-from pipelines.corpus.pipeline import CorpusConfig, format_account, prepare_corpus  # noqa: E402
+from pipelines.corpus.account import format_account  # noqa: E402
+from pipelines.corpus.config import CorpusConfig  # noqa: E402
+from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> CorpusConfig:
@@ -33,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
     p.add_argument("--min-clip-seconds", type=float, default=constants.MIN_CLIP_SECONDS,
                    help="a track's last piece shorter than this is dropped (and counted); a longer one is zero-padded "
                         f"to {constants.CLIP_SECONDS} s (default: %(default)s)")
-    p.add_argument("--silence-dbfs", type=float, default=-60.0,
+    p.add_argument("--silence-dbfs", type=float, default=constants.SILENCE_DBFS,
                    help="clips whose RMS is below this level are rejected as silent (default: %(default)s)")
     p.add_argument("--valid-fraction", type=float, default=0.02,
                    help="fraction of tracks (by track, deterministic) in the valid split (default: %(default)s)")

@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 from dataclasses import fields
 
-from pipelines.training.loop import DEFAULT_PROMPTS, TrainConfig, run_training
+from pipelines.training.config import DEFAULT_PROMPTS, TrainConfig
+from pipelines.training.run import run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

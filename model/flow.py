@@ -8,10 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from schemas.constants import LATENT_SHAPE, PATCH
-
-GRID_ROWS = LATENT_SHAPE[1] // PATCH    # 128 time rows of patches
-GRID_COLS = LATENT_SHAPE[2] // PATCH    # 8 mel columns of patches
+from schemas.constants import GRID_COLS, GRID_ROWS, PATCH
 
 
 def patchify(latent: Tensor) -> Tensor:

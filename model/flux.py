@@ -10,8 +10,8 @@ from torch.utils.checkpoint import checkpoint
 
 from model.layers import (DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, rope_angles,
                           timestep_embedding)
+from schemas.constants import MUSIC_TOKENS
 
-MUSIC_TOKENS = 1024      # 128 x 8 patches of the [8, 256, 16] latent
 TIME_EMBED_DIM = 256
 
 

@@ -4,6 +4,7 @@ SAMPLE_RATE = 16_000          # Hz, mono, after resampling
 CLIP_SECONDS = 10.24
 CLIP_SAMPLES = 163_840        # = CLIP_SECONDS * SAMPLE_RATE
 MIN_CLIP_SECONDS = 5.12       # default: shorter tails are dropped (and counted)
+SILENCE_DBFS = -60.0          # default: a clip whose RMS is below this is silent (gate) and gets no descriptors
 
 N_FFT = 1024
 WIN_LENGTH = 1024
@@ -18,6 +19,9 @@ PEAK_LEVEL = 0.5              # waveform normalisation: mean removed, peak 0.5
 LATENT_CHANNELS = 8
 LATENT_SHAPE = (8, 256, 16)   # AudioLDM2 VAE latent of one clip: channels x time x mel
 PATCH = 2                     # 2x2 patchify -> 1024 tokens x 32 channels
+GRID_ROWS = LATENT_SHAPE[1] // PATCH       # 128 time rows of patches
+GRID_COLS = LATENT_SHAPE[2] // PATCH       # 8 mel columns of patches
+MUSIC_TOKENS = GRID_ROWS * GRID_COLS       # 1024 music tokens per clip
 
 T5_MAX_TOKENS = 256
 CLAP_MAX_TOKENS = 77

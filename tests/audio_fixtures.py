@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import soundfile as sf
 
-from jobs.make_demo_corpus import synth_track
+from pipelines.corpus.demo import synth_track
 
 # fmt -> (soundfile format, default subtype)
 FORMATS = {

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from jobs.make_demo_corpus import synth_track
+from pipelines.corpus.demo import synth_track
 from pipelines.corpus import audio
 from schemas import constants as C
 from tests.audio_fixtures import write_tone_track

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from schemas.constants import CLIP_SAMPLES
-from pipelines.models.encoders import ClapEmbedder, MelDecoder, TextEncoder, VaeEncoder, Vocoder
+from pipelines.corpus.encode import TextStage, VaeStage
+from pipelines.models.encoders import ClapEmbedder, MelDecoder, TextEncoder, Vocoder
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +20,12 @@ def kit_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text(kit_cache):
-    return TextEncoder("tiny", batch_size=8)
+    return TextStage("tiny", batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def vae(kit_cache):
-    return VaeEncoder("tiny", batch_size=2)
+    return VaeStage("tiny", batch_size=2)
 
 
 def _mel(n: int, seed: int = 0) -> np.ndarray:

@@ -36,7 +36,8 @@ def evaluator(cache_dir):
 
 
 def test_reference_stats_are_cached_on_disk(evaluator, cache_dir):
-    from pipelines.evaluation.evaluator import Evaluator, cache_uri
+    from pipelines.evaluation.evaluator import Evaluator
+    from pipelines.evaluation.reference import cache_uri
 
     reference = _tones([220, 330, 440, 550, 660])
     before = evaluator.clips_embedded
@@ -160,8 +161,8 @@ def test_evaluate_job_end_to_end(tmp_path):
 
 
 def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
-    from jobs.evaluate import read_prompt_file
-    from pipelines.evaluation.evaluator import read_corpus
+    from pipelines.evaluation.prompts import read_prompt_file
+    from pipelines.evaluation.prompts import read_corpus
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
     ps = read_prompt_file(str(tmp_path / "p.txt"))
@@ -190,7 +191,7 @@ def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
 
 def test_prompt_set_from_saved_hf_dataset(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from jobs.evaluate import read_hf_dataset
+    from pipelines.evaluation.prompts import read_hf_dataset
 
     tones = _tones([250, 500], rate=44_100, seconds=12.0)
     paths = []
@@ -209,7 +210,7 @@ def test_prompt_set_from_saved_hf_dataset(tmp_path):
 
 
 def test_generation_on_ray_matches_in_process(tmp_path, ray_local):
-    from jobs.evaluate import GenerateBatch, generate_on_ray, generation_batches
+    from pipelines.evaluation.batch import GenerateBatch, generate_on_ray, generation_batches
 
     checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
     batches = generation_batches(["a", "b", "c"], ["calm piano", "loud drums", "soft strings"], 2, seed=3)

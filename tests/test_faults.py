@@ -20,8 +20,12 @@ import pyarrow as pa
 import pytest
 
 from pipelines import storage
-from pipelines.corpus.pipeline import CORPUS_DIR, QUARANTINE_DIR, CorpusConfig, prepare_corpus
-from pipelines.training.loop import TrainConfig, list_checkpoints, load_state, run_training
+from pipelines.corpus.config import CorpusConfig
+from pipelines.corpus.pipeline import prepare_corpus
+from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
+from pipelines.training.checkpoint import list_checkpoints, load_state
+from pipelines.training.config import TrainConfig
+from pipelines.training.run import run_training
 from schemas import CORPUS, QUARANTINE, validate
 from tests.audio_fixtures import write_tone_track
 from tests.corpus_fixture import write_tiny_corpus
@@ -138,7 +142,7 @@ def test_workers_sigkilled_mid_prepare_corpus(ray_local, music, tmp_path):
     task and restarts the actor; every input ends up exactly once."""
     folder, inputs = music
     config = CorpusConfig(inputs=[folder], output=str(tmp_path / "out"), batch_size=2)
-    killer = Killer(["ray::FlatMap(front_end)", "ray::MapWorker(MapBatches(VaeEncoder))"])
+    killer = Killer(["ray::FlatMap(front_end)", "ray::MapWorker(MapBatches(VaeStage))"])
     killer.start()
     try:
         manifest, errors = run_to_completion(config)

@@ -124,7 +124,7 @@ def test_missing_silent_threshold_metadata_precedence_and_no_exceptions(tmp_path
 
 
 def test_demo_corpus_small_end_to_end(tmp_path):
-    from jobs.make_demo_corpus import build
+    from pipelines.corpus.demo import build
     build(str(tmp_path), small=True)
     rows = [r for s in sources.discover([str(tmp_path)]) for r in process_track(s)]
     reasons = {}

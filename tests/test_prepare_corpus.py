@@ -13,7 +13,9 @@ import pyarrow as pa
 import pytest
 
 from pipelines import storage
-from pipelines.corpus.pipeline import CORPUS_DIR, QUARANTINE_DIR, CorpusConfig, prepare_corpus
+from pipelines.corpus.config import CorpusConfig
+from pipelines.corpus.pipeline import prepare_corpus
+from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, validate
 from tests.audio_fixtures import write_hostile_inputs, write_tone_track
 
@@ -111,7 +113,9 @@ def test_corpus_rows_are_complete(corpus_run):
 
 def test_two_workers_train_and_evaluate_on_the_prepared_corpus(corpus_run, tmp_path):
     """DDP training straight from what prepare_corpus wrote, with the evaluation hook on the valid split."""
-    from pipelines.training.loop import TrainConfig, list_checkpoints, run_training
+    from pipelines.training.checkpoint import list_checkpoints
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.run import run_training
 
     config, _ = corpus_run
     runs = str(tmp_path / "runs")

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from pipelines import storage
-from pipelines.training.loop import (TrainConfig, accumulation_steps, apply_text_dropout, assign_files, batches_per_epoch,
-                                ema_update, list_checkpoints, load_state, rank_micro_batches, run_training,
-                                scan_corpus, t_bucket_sums)
+from pipelines.training.checkpoint import list_checkpoints, load_state
+from pipelines.training.config import TrainConfig, accumulation_steps
+from pipelines.training.data import assign_files, batches_per_epoch, rank_micro_batches, scan_corpus
+from pipelines.training.ema import ema_update
+from pipelines.training.run import run_training
+from pipelines.training.step import apply_text_dropout, t_bucket_sums
 from tests.corpus_fixture import write_tiny_corpus
 
 

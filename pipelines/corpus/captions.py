@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from schemas import constants
-from pipelines.corpus.tags import batch_copy, metadata_dict, original_caption, tag_lists
+from pipelines.corpus.rows import batch_copy, reject_columns, tag_lists
+from pipelines.corpus.tags import metadata_dict, original_caption
 
 TASKS = ("writing", "summary", "paraphrase")
 
@@ -184,12 +185,6 @@ class TransformersCaptionWriter:
 
 # ---------------------------------------------------------------- Ray Data stage
 
-def _reject_columns(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(batch["clip_id"])
-    pick = lambda name: np.array(batch.get(name, np.full(n, "")), dtype=object)  # noqa: E731
-    return pick("reject_reason"), pick("reject_stage"), pick("reject_detail")
-
-
 def retry_seed(seed: int, attempt: int) -> int:
     """The sampling seed of a clip's attempt-th caption try (attempt 0: its own seed)."""
     return seed if attempt == 0 else (seed + attempt * 0x9E3779B1) % (1 << 31)
@@ -216,7 +211,7 @@ class CaptionStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["clip_id"])
-        reasons, stages, details = _reject_columns(batch)
+        reasons, stages, details = reject_columns(batch, n)
         captions = np.full(n, "", dtype=object)
         todo, messages, seeds = [], {}, {}
         for i in range(n):

@@ -1,15 +1,16 @@
-"""`process_track`: one discovered track -> its clip rows and reject rows (the `clips` contract of
-docs/architecture.md). Never raises for bad input: every problem becomes a row with a reason."""
+"""The front end: one discovered track -> its clip rows and reject rows (the `clips` contract of
+docs/architecture.md), then clip rows -> log-mels. Never raises for bad input: every problem becomes a row
+with a reason."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
-from pipelines.corpus import audio, quality
-from schemas import constants as C
 from pipelines import storage
+from pipelines.corpus import audio, quality
 from pipelines.corpus.sources import read_embedded_tags
+from schemas import constants as C
 
 _SILENT_AUDIO = np.zeros(C.CLIP_SAMPLES, np.float32)   # shared by every rejected row, so read-only
 _SILENT_AUDIO.flags.writeable = False
@@ -83,7 +84,7 @@ def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float) -> t
 
 
 def process_track(source: dict, *, min_clip_seconds: float = C.MIN_CLIP_SECONDS,
-                  silence_dbfs: float = quality.SILENCE_DBFS, skip_clip_ids: frozenset = frozenset()) -> list[dict]:
+                  silence_dbfs: float = C.SILENCE_DBFS, skip_clip_ids: frozenset = frozenset()) -> list[dict]:
     """Decode, segment and gate one track (a dict from sources.discover) into rows of the `clips` contract.
 
     Kept clips carry float32 [163840] `audio` (as segmented, not normalised, zero-padded tail); rejected rows
@@ -98,3 +99,52 @@ def process_track(source: dict, *, min_clip_seconds: float = C.MIN_CLIP_SECONDS,
         row["track_clip_count"] = len(rows)
         row["content_hash"] = digest
     return [row for row in rows if row["clip_id"] not in skip_clip_ids]
+
+
+# ---------------------------------------------------------------- Ray Data wiring
+
+# Track metadata travels as a dict with these keys only, so every block has the same Arrow struct type.
+METADATA_KEYS = ("title", "artist", "album", "genre", "mood", "tags", "caption", "comment", "bpm", "key", "date", "extra")
+
+
+def _normalise_metadata(metadata: dict) -> dict:
+    out = {k: "" for k in METADATA_KEYS}
+    extra = []
+    for key, value in (metadata or {}).items():
+        key, value = str(key).lower(), "" if value is None else str(value)
+        if key in out and key != "extra":
+            out[key] = value
+        elif value:
+            extra.append(f"{key}={value}")
+    out["extra"] = "; ".join(extra)
+    return out
+
+
+def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: float) -> list[dict]:
+    """One track -> its rows; an exact duplicate of an earlier track becomes one track-level rejection."""
+    import ray
+
+    rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs,
+                         skip_clip_ids=frozenset(source.get("skip_ids", ())))
+    content_hash = next((r["content_hash"] for r in rows if r["content_hash"]), "")
+    ok = [r for r in rows if not r["reject_reason"]]
+    if content_hash and ok:
+        original = ray.get(registry.claim.remote(content_hash, source["track_id"], source["source_uri"]))
+        if original:
+            first = rows[0]
+            rows = [dict(first, clip_id=source["track_id"], clip_index=-1, track_clip_count=1,
+                         audio=np.zeros(C.CLIP_SAMPLES, np.float32), duration_seconds=0.0,
+                         reject_stage="quality", reject_reason="duplicate", reject_detail=f"same audio as {original}")]
+    for row in rows:
+        row["metadata"] = _normalise_metadata(row.get("metadata"))
+    return rows
+
+
+def add_log_mel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ok = batch["reject_reason"] == ""
+    mel = np.zeros((len(ok), C.MEL_FRAMES, C.N_MELS), np.float32)
+    if ok.any():
+        lengths = np.round(np.asarray(batch["duration_seconds"][ok]) * C.SAMPLE_RATE).astype(np.int64)
+        mel[ok] = audio.clips_to_log_mel(np.asarray(batch["audio"][ok], np.float32), lengths=lengths)
+    batch["mel"] = mel
+    return batch

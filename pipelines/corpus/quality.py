@@ -7,7 +7,6 @@ import numpy as np
 
 from schemas import constants as C
 
-SILENCE_DBFS = -60.0
 
 # reason -> (stage, meaning); docs/front_end.md renders this table.
 REASONS = {
@@ -42,7 +41,7 @@ def track_gate(n_samples: int, min_clip_seconds: float = C.MIN_CLIP_SECONDS) -> 
     return PASS
 
 
-def clip_gate(samples: np.ndarray, silence_dbfs: float = SILENCE_DBFS) -> Gate:
+def clip_gate(samples: np.ndarray, silence_dbfs: float = C.SILENCE_DBFS) -> Gate:
     """non_finite / silent for a clip's real (un-padded, un-normalised) samples."""
     bad = int(np.count_nonzero(~np.isfinite(samples)))
     if bad:

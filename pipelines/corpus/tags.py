@@ -19,7 +19,6 @@ MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 
-SILENCE_DBFS = -60.0          # below this RMS there is nothing to describe
 MIN_PULSE_CLARITY = 0.1       # weaker onset periodicity: no tempo tag (beat trackers always return a number)
 MIN_KEY_CORRELATION = 0.6     # weaker match to every key profile: no key tag (below it most keys were wrong)
 MIN_CHROMA_SPREAD = 0.1       # std/mean of the pitch-class profile; noise ~0.02, music >= 0.2: no key for flat chroma
@@ -42,23 +41,6 @@ FALLBACK_MUSIC_VOCABULARY = [
     "Vocal music", "Soundtrack music", "Video game music", "Dance music", "Happy music", "Sad music",
     "Tender music", "Exciting music", "Angry music", "Scary music",
 ]
-
-
-def tag_lists(values) -> np.ndarray:
-    """The tags column as plain lists of tag dicts. Ray Data hands a list<struct> column to numpy batches as
-    ndarrays of dicts, which it cannot turn back into Arrow (it pickles them, with a warning); lists it can."""
-    out = np.empty(len(values), dtype=object)
-    for i, tags in enumerate(values):
-        out[i] = [] if tags is None else list(tags)
-    return out
-
-
-def batch_copy(batch: dict) -> dict:
-    """A shallow copy of a Ray Data batch for a stage to extend, its tags column (if any) as tag_lists."""
-    out = dict(batch)
-    if "tags" in out:
-        out["tags"] = tag_lists(out["tags"])
-    return out
 
 
 def _tag(tag: str, source: str, score: float) -> dict:
@@ -99,7 +81,7 @@ def signal_descriptors(audio16k: np.ndarray) -> dict:
     y = np.asarray(audio16k, dtype=np.float32).reshape(-1)
     rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) if y.size else 0.0
     desc: dict = {"rms_dbfs": 20.0 * np.log10(max(rms, 1e-10))}
-    if desc["rms_dbfs"] < SILENCE_DBFS or y.size < constants.N_FFT:
+    if desc["rms_dbfs"] < constants.SILENCE_DBFS or y.size < constants.N_FFT:
         return desc
 
     spectrum = np.abs(librosa.stft(y, n_fft=constants.N_FFT, hop_length=constants.HOP_LENGTH)).mean(axis=1)

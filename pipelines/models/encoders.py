@@ -2,8 +2,8 @@
 
 Each class loads its models once in __init__(kit_name_or_path, device=None, ...) (CPU by default, CUDA when
 available) and runs them under torch.no_grad. The math lives in small pure helpers underneath, so training,
-sampling and evaluation share exactly the code the corpus builder uses. Ray Data stages follow
-docs/architecture.md: they skip rows whose reject_reason is set and turn failures into reject rows.
+sampling and evaluation share exactly the code the corpus builder uses (its Ray Data stages wrap these classes:
+pipelines/corpus/encode.py).
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import soxr
 import torch
 
 from pipelines.models.kits import Kit, default_device, load_kit
-from schemas.constants import CLAP_MAX_TOKENS, CLIP_SAMPLES, HOP_LENGTH, LATENT_SHAPE, SAMPLE_RATE, T5_MAX_TOKENS
-from pipelines.corpus.tags import batch_copy
+from schemas.constants import CLAP_MAX_TOKENS, HOP_LENGTH, SAMPLE_RATE, T5_MAX_TOKENS
 
 
 def _kit(kit_or_name: str | Kit, roles: list[str]) -> Kit:
@@ -90,29 +89,8 @@ def resample_for_clap(audio16k: np.ndarray, rate: int, max_samples: int) -> list
     return out
 
 
-# ---------------------------------------------------------------- batch helpers (Ray Data rows)
+# ---------------------------------------------------------------- model runners
 
-def _reject_columns(batch: dict, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    def col(name):
-        values = batch.get(name)
-        return np.array(["" if v is None else str(v) for v in values] if values is not None else [""] * n,
-                        dtype=object)
-    return col("reject_reason"), col("reject_stage"), col("reject_detail")
-
-
-def _reject(cols, rows, stage: str, reason: str, detail: str) -> None:
-    reason_col, stage_col, detail_col = cols
-    for i in rows:
-        reason_col[i], stage_col[i], detail_col[i] = reason, stage, detail[:2000]
-
-
-def _with_rejects(batch: dict, cols) -> dict:
-    out = batch_copy(batch)
-    out["reject_reason"], out["reject_stage"], out["reject_detail"] = cols
-    return out
-
-
-# ---------------------------------------------------------------- stage classes
 
 class _Vae:
     """The kit's AudioLDM2 VAE, loaded once, in the kit dtype (fp32 for the paper kit)."""
@@ -137,28 +115,6 @@ class VaeEncoder(_Vae):
         mel = torch.as_tensor(mel, dtype=torch.float32)
         parts = [vae_posterior(self.vae, mel[s]) for s in _chunks(len(mel), self.batch_size)]
         return torch.cat([m for m, _ in parts]).cpu(), torch.cat([s for _, s in parts]).cpu()
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["mel"])
-        cols = _reject_columns(batch, n)
-        mean = np.zeros((n, *LATENT_SHAPE), np.float16)
-        std = np.zeros((n, *LATENT_SHAPE), np.float16)
-        ok = [i for i in range(n) if cols[0][i] == ""]
-        if ok:
-            try:
-                m, s = self.encode(torch.from_numpy(np.stack([np.asarray(batch["mel"][i], np.float32) for i in ok])))
-                m, s = m.numpy(), s.numpy()
-                finite = np.isfinite(m).all(axis=(1, 2, 3)) & np.isfinite(s).all(axis=(1, 2, 3))
-                for j, i in enumerate(ok):
-                    if finite[j]:
-                        mean[i], std[i] = m[j], s[j]
-                _reject(cols, [i for j, i in enumerate(ok) if not finite[j]], "vae", "non_finite_latent",
-                        "VAE posterior has NaN/inf")
-            except Exception as e:  # noqa: BLE001 - a failed batch becomes reject rows, the run goes on
-                _reject(cols, ok, "vae", "vae_error", f"{type(e).__name__}: {e}")
-        out = _with_rejects(batch, cols)
-        out["latent_mean"], out["latent_std"] = mean, std
-        return out
 
 
 class MelDecoder(_Vae):
@@ -232,31 +188,6 @@ class TextEncoder:
             clap[idx] = clap_text_pooled(self.clap_text, self.clap_tokenizer, texts)
         return t5, clap
 
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["caption"])
-        cols = _reject_columns(batch, n)
-        t5_bytes = np.array([b""] * n, dtype=object)
-        clap_bytes = np.array([b""] * n, dtype=object)
-        lengths = np.zeros(n, np.int32)
-        ok = [i for i in range(n) if cols[0][i] == ""]
-        try:
-            rows = [(ok, self.encode([batch["caption"][i] for i in ok]))] if ok else []
-        except Exception:  # noqa: BLE001 - retry row by row so one bad caption does not sink the batch
-            rows = []
-            for i in ok:
-                try:
-                    rows.append(([i], self.encode([batch["caption"][i]])))
-                except Exception as e:  # noqa: BLE001
-                    _reject(cols, [i], "text", "text_error", f"{type(e).__name__}: {e}")
-        for idx, (t5, clap) in rows:
-            for j, i in enumerate(idx):
-                t5_bytes[i] = t5[j].astype("<f2").tobytes()
-                lengths[i] = len(t5[j])
-                clap_bytes[i] = clap[j].astype("<f2").tobytes()
-        out = _with_rejects(batch, cols)
-        out["t5"], out["t5_length"], out["clap"] = t5_bytes, lengths, clap_bytes
-        return out
-
 
 class ClapEmbedder:
     """L2-normalised projected CLAP embeddings of audio and text (zero-shot tags, FAD embeddings, CLAP score)."""
@@ -298,7 +229,3 @@ class ClapEmbedder:
             emb = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
             out.append(l2_normalise(_features(emb).float()).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
-
-
-__all__ = ["VaeEncoder", "MelDecoder", "Vocoder", "TextEncoder", "ClapEmbedder", "vae_posterior", "vae_decode",
-           "vocode", "t5_token_states", "clap_text_pooled", "l2_normalise", "resample_for_clap", "CLIP_SAMPLES"]
