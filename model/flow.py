@@ -50,6 +50,32 @@ def pad_text(states: list[Tensor]) -> tuple[Tensor, Tensor]:
     return txt, mask
 
 
+TEXT_BUCKETS = (32, 64, 128, 256)
+
+
+def pad_to_bucket(txt: Tensor, mask: Tensor | None, buckets: tuple[int, ...] = TEXT_BUCKETS
+                  ) -> tuple[Tensor, Tensor]:
+    """Zero-pad txt [B, L, D] and its mask [B, L] (None = all real) to the smallest bucket length >= L.
+
+    Under torch.compile every new text length is a new shape (a recompile); buckets keep it to a few.
+    Longer than the last bucket: padded to a multiple of it. Padded positions are masked, so they change no
+    real token's output; the cost is that a padded batch needs a mask, which rules out FlashAttention.
+    """
+    b, length = txt.shape[:2]
+    if mask is None:
+        mask = torch.ones(b, length, dtype=torch.bool, device=txt.device)
+    target = next((n for n in sorted(buckets) if n >= length), None)
+    if target is None:
+        top = max(buckets)
+        target = -(-length // top) * top
+    if target == length:
+        return txt, mask.bool()
+    padded_txt = txt.new_zeros(b, target, txt.shape[2])
+    padded_mask = torch.zeros(b, target, dtype=torch.bool, device=mask.device)
+    padded_txt[:, :length], padded_mask[:, :length] = txt, mask.bool()
+    return padded_txt, padded_mask
+
+
 def _text_mask(cond: dict) -> Tensor:
     mask = cond.get("txt_mask")
     if mask is None:

@@ -5,11 +5,13 @@ Shapes: B batch, L sequence, H heads, D head dim, d hidden size. Attention tenso
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 NORM_EPS = 1e-6
 
@@ -36,10 +38,42 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
-    """RoPE on q and k, then SDPA; [B, H, L, D] in, [B, L, H*D] out. mask: bool [B, 1, 1, L] (True = visible key)."""
+    """RoPE on q and k, then SDPA; [B, H, L, D] in, [B, L, H*D] out. mask: bool [B, 1, 1, L] (True = visible key).
+
+    mask None (FluxMusic.forward passes None when no text is padded) lets CUDA run the FlashAttention kernel,
+    which takes no arbitrary mask; a bool mask falls back to the memory-efficient kernel.
+    """
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
+
+
+def _sdpa_priority() -> list[SDPBackend]:
+    """PyTorch's own dispatch order where it exposes one (2.13 CPU: FLASH, EFFICIENT, MATH, CUDNN), else ours."""
+    try:
+        order = [SDPBackend(int(i)) for i in torch._C._get_sdp_priority_order()]
+    except (AttributeError, TypeError, ValueError):
+        order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                 SDPBackend.MATH]
+    return [b for b in order if b not in (SDPBackend.ERROR, SDPBackend.OVERRIDEABLE)]
+
+
+def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> str:
+    """Name of the SDPA backend that runs for these inputs on their device ("FLASH_ATTENTION", ...).
+
+    Each backend is allowed alone, in the dispatcher's priority order; the first one that accepts the inputs
+    is the one the unrestricted call would dispatch to. "NONE" if no backend accepts them.
+    """
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # each refusing backend warns why; the answer is what we report
+        for backend in _sdpa_priority():
+            try:
+                with sdpa_kernel([backend]):
+                    F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            except RuntimeError:    # "No available kernel" for this backend: try the next
+                continue
+            return backend.name
+    return "NONE"
 
 
 # ---------------------------------------------------------------- conditioning (spec §4.3, §4.4)

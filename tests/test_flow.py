@@ -166,3 +166,42 @@ def test_sampler_under_bf16_autocast_with_fp16_text():
         out = sample(model, torch.randn(2, 8, 16, 16), cond, conditions(1, 1, seed=1), steps=2)
     assert out.shape == (2, 8, 16, 16) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
+
+
+def test_pad_to_bucket_lengths_and_mask():
+    from model import pad_to_bucket
+
+    txt = torch.randn(2, 40, CTX)
+    mask = torch.tensor([[True] * 40, [True] * 10 + [False] * 30])
+    padded, padded_mask = pad_to_bucket(txt, mask)
+    assert padded.shape == (2, 64, CTX) and padded_mask.shape == (2, 64)
+    torch.testing.assert_close(padded[:, :40], txt)
+    assert not padded[:, 40:].any() and not padded_mask[:, 40:].any()
+    assert torch.equal(padded_mask[:, :40], mask)
+    # exactly a bucket: unchanged; None becomes all True; past the last bucket: a multiple of it
+    same, same_mask = pad_to_bucket(torch.randn(1, 32, CTX), None)
+    assert same.shape[1] == 32 and same_mask.all()
+    assert pad_to_bucket(torch.randn(1, 300, CTX), None)[0].shape[1] == 512
+    assert pad_to_bucket(torch.randn(1, 5, CTX), None, buckets=(8, 16))[0].shape[1] == 8
+
+
+def test_bucket_padding_keeps_real_token_outputs():
+    from model import pad_to_bucket
+
+    torch.manual_seed(0)
+    model = build_model("tiny", context_in_dim=CTX, vec_in_dim=VEC).eval()
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 1024, 32, generator=g)
+    t = torch.rand(2, generator=g)
+    txt = torch.randn(2, 20, CTX, generator=g)
+    mask = torch.tensor([[True] * 20, [True] * 7 + [False] * 13])
+    y = torch.randn(2, VEC, generator=g)
+    reference = velocity(model, z, t, {"txt": txt, "txt_mask": mask, "y": y})
+    padded_txt, padded_mask = pad_to_bucket(txt, mask)
+    assert padded_txt.shape[1] == 32
+    bucketed = velocity(model, z, t, {"txt": padded_txt, "txt_mask": padded_mask, "y": y})
+    torch.testing.assert_close(bucketed, reference, atol=1e-5, rtol=1e-5)
+    # an unpadded batch too: its all-True mask becomes a real mask after bucketing, same outputs
+    full = velocity(model, z, t, {"txt": txt, "y": y})
+    full_bucketed = velocity(model, z, t, dict(zip(("txt", "txt_mask"), pad_to_bucket(txt, None)), y=y))
+    torch.testing.assert_close(full_bucketed, full, atol=1e-5, rtol=1e-5)
