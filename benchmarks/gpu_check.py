@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import (build_model, compile_blocks, count_parameters, model_flops_per_sample,  # noqa: E402
                    rectified_flow_loss)
 from model.layers import sdpa_backend  # noqa: E402
-from pipelines.optim import build_optimizer  # noqa: E402
+from pipelines.training.optim import build_optimizer  # noqa: E402
 
 PEAK_BF16_FLOPS = 989e12      # H200 SXM dense bf16 (datasheet; KINDS.md measured ~790e12 on an 8192^3 matmul)
 # AudioLDM2 `vae/config.json` (spec §2); the same dict as benchmarks/corpus_stages.REAL_VAE_CONFIG (a test checks).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.optim import build_optimizer
+from pipelines.training.optim import build_optimizer
 
 
 def test_cpu_optimizer_is_plain_adamw_with_the_hyperparameters():
