@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import constants, storage
+from pipelines.dedup import DedupRegistry, start_registry  # noqa: F401 - DedupRegistry lived here
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, SCHEMA_VERSION, conform
 
 CORPUS_DIR, QUARANTINE_DIR, NULL_TEXT_DIR, MANIFEST = "corpus", "quarantine", "null_text", "manifest.json"
@@ -88,17 +89,6 @@ def read_ledger(output: str) -> Ledger:
 
 
 # ----------------------------------------------------------------------------- stages (thin wiring)
-
-class DedupRegistry:
-    """Ray actor: the first track to claim a content hash keeps it; later ones are exact duplicates."""
-
-    def __init__(self, known: dict[str, str]):
-        self.owner = dict(known)
-
-    def claim(self, content_hash: str, track_id: str, source_uri: str) -> str | None:
-        owner = self.owner.setdefault(content_hash, f"{track_id} {source_uri}")
-        return None if owner.split(" ", 1)[0] == track_id else owner.split(" ", 1)[1]
-
 
 def _normalise_metadata(metadata: dict) -> dict:
     out = {k: "" for k in METADATA_KEYS}
@@ -271,12 +261,13 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     import ray
 
     from model.kits import load_kit
-    from pipelines.sources import discover
+    from pipelines.sources import discover_all
 
     started = time.time()
     kit = load_kit(config.kit)
     kit.check()                                   # a missing model fails now, not after hours
-    sources = discover(config.inputs)
+    discovery = discover_all(config.inputs)
+    sources = discovery.sources
     if config.limit:
         sources = sources[: config.limit]
     ledger = read_ledger(config.output)
@@ -287,13 +278,15 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     run = Counter()
     latent = np.zeros(3)
     if pending:
-        registry = ray.remote(DedupRegistry).options(num_cpus=0).remote(ledger.hashes)
+        registry = start_registry(config.output, pending, ledger.hashes, min_clip_seconds=config.min_clip_seconds,
+                                  silence_dbfs=config.silence_dbfs)
         for batch in build_dataset(config, pending, registry).iter_batches(batch_size=256, batch_format="numpy"):
             run["items"] += len(batch["item_id"])
             run["clips"] += int(batch["ok"].sum())
             latent += [batch["latent_sum"].sum(), batch["latent_sumsq"].sum(), batch["latent_count"].sum()]
     dims = write_null_text(config)
     manifest = _manifest(config, kit, sources, dims, latent, run, time.time() - started)
+    manifest["ignored"] = discovery.ignored.as_dict()      # every file that is not audio, by kind
     storage.write_bytes_atomic(storage.join(config.output, MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest
 
