@@ -34,7 +34,8 @@ def write_hostile_inputs(folder: str) -> dict[str, str]:
     """Create the hostile inputs in folder; returns {file name: expected reject reason}, "" = must be kept.
 
     Every playable file is 6 s (one clip), so each file's rows all carry its expected reason, except
-    "duplicate": process_track keeps both copies and the corpus stage keeps the first to claim the content hash.
+    "duplicate": process_track keeps both copies and the corpus stage keeps the copy with the smallest source_uri
+    (pipelines/corpus/dedup.py), whatever order the tasks run in: "original.flac" < "original_copy.flac".
     """
     os.makedirs(folder, exist_ok=True)
     expected = {}
@@ -72,7 +73,8 @@ def write_hostile_inputs(folder: str) -> dict[str, str]:
     expected["silence.wav"] = "silent"
 
     write_tone_track(at("original.flac"), seed=5)
-    shutil.copyfile(at("original.flac"), at("original_copy.flac"))   # sorts after its original
+    shutil.copyfile(at("original.flac"), at("original_copy.flac"))   # a larger URI: the copy is the duplicate
+    assert at("original.flac") < at("original_copy.flac")
     expected["original.flac"] = ""
     expected["original_copy.flac"] = "duplicate"
 

@@ -317,10 +317,14 @@ def test_local_ray_has_no_dashboard_and_listens_on_loopback_only(ray_local):
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:80].decode(errors="replace")
                 listening.append((fields[1].split(":")[0], pid, title))
     assert listening, "our Ray's listeners are visible"
-    # torch.distributed's rendezvous store (TCPStore, opened by Ray Train's rank-0 worker of an earlier test)
-    # binds every interface whatever host it is given: a PyTorch limitation, documented in docs/operations.md.
-    # Its peers connect through MASTER_ADDR=127.0.0.1. Everything Ray itself opens must be loopback.
-    ray_own = [x for x in listening if "RayTrainWorker" not in x[2]]
     loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    wildcard = {"00000000", "00000000000000000000000000000000"}
+    # The one exemption: torch.distributed's rendezvous store (TCPStore, opened by the rank-0 RayTrainWorker of
+    # an earlier training test) binds the wildcard address whatever host it is given, a PyTorch limitation
+    # (docs/operations.md); its peers connect through MASTER_ADDR=127.0.0.1. So: a wildcard listener, at most
+    # one per RayTrainWorker process. Any other listener, of any process, must be loopback.
+    store = [x for x in listening if "RayTrainWorker" in x[2] and x[0] in wildcard]
+    assert all(n == 1 for n in Counter(pid for _, pid, _ in store).values()), f"more than a store per worker: {store}"
+    ray_own = [x for x in listening if x not in store]
     assert all(address in loopback for address, _, _ in ray_own), \
         f"non-loopback listeners: {[x for x in ray_own if x[0] not in loopback]}"

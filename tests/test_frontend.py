@@ -18,12 +18,23 @@ ROW_KEYS = set(tables.CLIPS.names) | {"reject_stage", "reject_reason", "reject_d
 
 
 def _clips_table(rows: list[dict]) -> pa.Table:
-    """Rows -> a table conformed to schemas.CLIPS (validates names, types, nulls)."""
+    """Rows -> a table conformed to schemas.CLIPS: fails on a missing or extra key, an uncastable type, a null."""
+    for row in rows:
+        assert set(row) == ROW_KEYS, f"row keys differ from schemas.CLIPS: {sorted(set(row) ^ ROW_KEYS)}"
     columns = {name: [r[name] for r in rows] for name in tables.CLIPS.names}
     columns["audio"] = [np.asarray(a, dtype="<f4").tobytes() for a in columns["audio"]]
     columns["metadata"] = [list(m.items()) for m in columns["metadata"]]
     return tables.conform(pa.table({n: pa.array(v, type=tables.CLIPS.field(n).type) for n, v in columns.items()}),
                           tables.CLIPS)
+
+
+def test_clips_table_check_can_fail():
+    """The schema check above is not vacuous: a row with an extra key, a null or a wrong type is refused."""
+    (good,) = process_track({"source_uri": "/nowhere.wav", "track_id": "0" * 16, "metadata": {}})
+    _clips_table([good])
+    for bad in ({**good, "surprise": 1}, {**good, "clip_index": "one"}, {**good, "source_uri": None}):
+        with pytest.raises((AssertionError, pa.ArrowInvalid, pa.ArrowTypeError, tables.SchemaError)):
+            _clips_table([bad])
 
 
 @pytest.fixture(scope="module")

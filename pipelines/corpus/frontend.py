@@ -9,7 +9,7 @@ import numpy as np
 
 from pipelines import storage
 from pipelines.corpus import audio, quality
-from pipelines.corpus.sources import read_embedded_tags
+from pipelines.corpus.sources import BAD_FILE_NAME, read_embedded_tags
 from schemas import constants as C
 
 _SILENT_AUDIO = np.zeros(C.CLIP_SAMPLES, np.float32)   # shared by every rejected row, so read-only
@@ -52,6 +52,10 @@ def _load(uri: str) -> tuple[audio.AudioSource | None, str, str]:
 
 
 def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float) -> tuple[list[dict], str]:
+    if source.get("problem") == BAD_FILE_NAME:
+        # The real name is not UTF-8: no corpus row could name it. source_uri shows its bytes as \xNN.
+        return [_row(source, -1, stage="discover", reason=BAD_FILE_NAME,
+                     detail="file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8) and re-run")], ""
     data, reason, detail = _load(source["source_uri"])
     if data is None:
         return [_row(source, -1, stage="decode", reason=reason, detail=detail)], ""

@@ -14,7 +14,7 @@ import numpy as np
 from pipelines import storage
 from pipelines.corpus.account import build_manifest
 from pipelines.corpus.config import CorpusConfig
-from pipelines.corpus.dedup import DedupRegistry
+from pipelines.corpus.dedup import start_registry
 from pipelines.corpus.ledger import read_ledger
 from pipelines.corpus.writer import write_null_text
 from schemas.manifest import MANIFEST
@@ -62,15 +62,14 @@ def _worker_env() -> dict:
 
 def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     """Run the whole pipeline on a started Ray; return (and write) the manifest with the full account."""
-    import ray
-
     from pipelines.models.kits import load_kit
-    from pipelines.corpus.sources import discover
+    from pipelines.corpus.sources import discover_all
 
     started = time.time()
     kit = load_kit(config.kit)
     kit.check()                                   # a missing model fails now, not after hours
-    sources = discover(config.inputs)
+    discovery = discover_all(config.inputs)
+    sources = discovery.sources
     if config.limit:
         sources = sources[: config.limit]
     ledger = read_ledger(config.output)
@@ -81,12 +80,14 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     run = Counter()
     latent = np.zeros(3)
     if pending:
-        registry = ray.remote(DedupRegistry).options(num_cpus=0).remote(ledger.hashes)
+        registry = start_registry(config.output, pending, ledger.hashes, min_clip_seconds=config.min_clip_seconds,
+                                  silence_dbfs=config.silence_dbfs)
         for batch in build_dataset(config, pending, registry).iter_batches(batch_size=256, batch_format="numpy"):
             run["items"] += len(batch["item_id"])
             run["clips"] += int(batch["ok"].sum())
             latent += [batch["latent_sum"].sum(), batch["latent_sumsq"].sum(), batch["latent_count"].sum()]
     dims = write_null_text(config)
     manifest = build_manifest(config, kit, sources, dims, latent, run, time.time() - started)
+    manifest["ignored"] = discovery.ignored.as_dict()      # every file that is not audio, by kind
     storage.write_bytes_atomic(storage.join(config.output, MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest

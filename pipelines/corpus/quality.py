@@ -17,7 +17,9 @@ REASONS = {
     "short_tail": ("segment", "the track's last piece is shorter than min_clip_seconds and was dropped"),
     "non_finite": ("quality", "the clip has NaN or infinite samples"),
     "silent": ("quality", "the clip's RMS (before normalisation) is below silence_dbfs"),
-    "duplicate": ("quality", "the decoded track has the content hash of another track (kept: the first to claim it)"),
+    "duplicate": ("quality", "the decoded track has the content hash of another track (kept: an earlier run's copy, "
+                             "else the smallest source_uri; pipelines/corpus/dedup.py)"),
+    "bad_file_name": ("discover", "the file name is not valid UTF-8 (source_uri shows its bytes as \\xNN); rename it"),
     "error": ("frontend", "an unexpected exception; detail holds its text"),
 }
 

@@ -1,0 +1,214 @@
+"""A hostile-input round: containers, sample formats, broken files, odd names, links and S3 keys, each with its
+expected outcome (docs/inputs.md holds the table). The front end and discovery run directly; one Ray run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tracemalloc
+import unicodedata
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipelines import storage
+from pipelines.corpus import audio, sources
+from pipelines.corpus.frontend import process_track
+
+REAL_MUSIC = "/usr/share/games/asc/music/frontiers.mp3"       # Debian asc-music: 22.05 kHz stereo MP3
+pytestmark = pytest.mark.skipif(not os.path.exists(REAL_MUSIC) or not shutil.which("ffmpeg"),
+                                reason="needs ffmpeg and the Debian asc-music package")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *args], check=True, timeout=300)
+
+
+def excerpt(path: str, *codec: str, seconds: float = 6.0, start: float = 30.0) -> str:
+    """`seconds` of real music from REAL_MUSIC, encoded with the given ffmpeg output options."""
+    ffmpeg("-ss", str(start), "-t", str(seconds), "-i", REAL_MUSIC, *codec, path)
+    return path
+
+
+def outcome(path: str) -> set[str]:
+    """The set of reject reasons of a file's rows ("" = a kept clip)."""
+    (source,) = sources.discover([path])
+    return {r["reject_reason"] for r in process_track(source)}
+
+
+# Containers and codecs: each decodes (ffmpeg when libsndfile cannot) to kept clips.
+CONTAINERS = {
+    "opus.webm": ("-c:a", "libopus", "-b:a", "64k"),
+    "vorbis.mka": ("-c:a", "libvorbis"),
+    "audio_only.mkv": ("-c:a", "flac"),
+    "aac.mp4": ("-c:a", "aac", "-b:a", "96k"),
+    "aac.m4a": ("-c:a", "aac", "-b:a", "96k"),
+    "alac.m4a": ("-c:a", "alac"),
+    "pcm16.aiff": ("-c:a", "pcm_s16be"),
+    "pcm24.wav": ("-c:a", "pcm_s24le"),
+    "float64.wav": ("-c:a", "pcm_f64le"),
+    "u8_8khz.wav": ("-c:a", "pcm_u8", "-ar", "8000", "-ac", "1"),
+    "six_channels.flac": ("-c:a", "flac", "-ac", "6"),
+}
+
+
+@pytest.fixture(scope="module")
+def containers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("containers")
+    return {name: excerpt(str(folder / name), *codec) for name, codec in CONTAINERS.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CONTAINERS))
+def test_every_container_and_sample_format_gives_a_kept_clip(containers, name):
+    assert sources.is_audio(name)
+    decoded = audio.decode(containers[name])
+    assert decoded.seconds == pytest.approx(6.0, abs=0.1)
+    assert np.isfinite(decoded.audio).all() and np.abs(decoded.audio).max() > 0.01
+    assert outcome(containers[name]) == {""}
+    if name.endswith((".webm", ".mka", ".mkv", ".mp4", ".m4a")):
+        assert decoded.decoder == "ffmpeg", "libsndfile has no demuxer for these"
+    if name == "six_channels.flac":
+        assert decoded.channels == 6
+
+
+def test_broken_containers(tmp_path):
+    real = excerpt(str(tmp_path / "real.mp3"), "-c:a", "libmp3lame", seconds=12.0)
+    flac = excerpt(str(tmp_path / "real.flac"), "-c:a", "flac", seconds=12.0)
+    data_mp3, data_flac = open(real, "rb").read(), open(flac, "rb").read()
+    cases = {
+        # An MP3 cut in half is a valid shorter stream: what remains (~6 s, one clip) is kept.
+        "half.mp3": (data_mp3[: len(data_mp3) // 2], {""}),
+        # Only the first frames: shorter than min_clip_seconds.
+        "head.mp3": (data_mp3[:4096], {"too_short"}),
+        # FLAC cut mid-frame: both decoders report corrupt data.
+        "half.flac": (data_flac[: len(data_flac) // 2], {"unreadable"}),
+        "zero.wav": (b"", {"empty"}),
+        "text.mp3": (b"this is a text file with an .mp3 name\n" * 50, {"unreadable"}),
+        "header_only.wav": (data_flac[:0] + sf_header(), {"empty"}),
+    }
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert outcome(str(tmp_path / name)) == expected, name
+
+
+def sf_header() -> bytes:
+    """A WAV file with a valid header and no samples."""
+    import io
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((0, 2), np.float32), 44_100, format="WAV")
+    return buffer.getvalue()
+
+
+def test_long_track_decodes_within_a_memory_bound(tmp_path):
+    """Decoding streams native-rate blocks: peak memory follows the 16 kHz mono result, not the file.
+
+    20 minutes of 44.1 kHz stereo (the whole native signal would be 5.5x the result as float32); the same bound
+    holds for a 3-hour track, whose result is 691 MB (docs/inputs.md)."""
+    long = str(tmp_path / "long.wav")
+    ffmpeg("-stream_loop", "-1", "-i", REAL_MUSIC, "-t", "1200", "-ar", "44100", "-c:a", "pcm_s16le", long)
+    tracemalloc.start()
+    try:
+        decoded = audio.decode(long)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    result = decoded.audio.nbytes
+    assert decoded.seconds == pytest.approx(1200, abs=0.5)
+    native = 1200 * 44_100 * 2 * 4
+    assert peak < 2.2 * result + 32 * 2**20 < native, (peak / 2**20, result / 2**20)   # list + concatenate
+
+
+UNICODE_NAMES = ["🎵 emoji 🎶.flac", "שיר עברי.flac", "موسيقى.flac", "Zoë – ünïcødé ♪.flac"]
+
+
+def test_unicode_names_nfc_and_nfd_and_bytes_that_are_not_utf8(tmp_path):
+    base = excerpt(str(tmp_path / "base.flac"), "-c:a", "flac")
+    names = UNICODE_NAMES + [unicodedata.normalize("NFC", "café.flac"), unicodedata.normalize("NFD", "café.flac")]
+    for i, name in enumerate(names):
+        data, rate = sf.read(base)
+        sf.write(str(tmp_path / name), data * (0.5 + 0.05 * i), rate)     # distinct content: no duplicates
+    bad = os.fsdecode(b"caf\xe9 latin-1.flac")
+    shutil.copyfile(base, tmp_path / bad)
+    os.remove(base)
+    found = {s["source_uri"]: s for s in sources.discover([str(tmp_path)])}
+    # NFC and NFD spell different bytes: on Linux they are two files, two inputs, two track ids.
+    assert len(found) == len(names) + 1 and len({s["track_id"] for s in found.values()}) == len(found)
+    for name in names:
+        source = found[str(tmp_path / name)]
+        assert {r["reject_reason"] for r in process_track(source)} == {""}, name
+    printable = str(tmp_path / "caf\\xe9 latin-1.flac")
+    source = found[printable]
+    assert source["problem"] == "bad_file_name" and source["track_id"] == sources.track_id(str(tmp_path / bad))
+    (row,) = process_track(source)
+    assert row["reject_reason"] == "bad_file_name" and row["source_uri"] == printable
+    row["source_uri"].encode("utf-8")          # storable as a Parquet string
+
+
+def test_links_loops_and_special_files_are_each_accounted_once(tmp_path):
+    music = tmp_path / "music"
+    (music / "album").mkdir(parents=True)
+    for i in range(4):
+        excerpt(str(music / "album" / f"{i}.flac"), "-c:a", "flac", seconds=0.5, start=10 + i)
+    os.symlink("..", music / "album" / "loop")                  # a loop: music/album/loop -> music
+    os.symlink(music / "album", music / "same album")          # a second name for a folder
+    os.symlink(music / "album" / "0.flac", music / "alias.flac")
+    os.link(music / "album" / "1.flac", music / "hard.flac")
+    os.symlink(tmp_path / "gone.flac", music / "dangling.flac")
+    os.mkfifo(music / "pipe.wav")                               # never opened: it would block a reader
+    (music / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    (music / "notes.txt").write_text("liner notes")
+    (music / "list.m3u").write_text("album/0.flac\n")
+    (music / ".DS_Store").write_bytes(b"\0")
+    (music / "._0.flac").write_bytes(b"\0")                    # AppleDouble: named like audio, is not
+    (music / "_intro.flac").write_bytes(open(music / "album" / "2.flac", "rb").read())
+    found = sources.discover_all([str(music)])
+    assert [s["source_uri"] for s in found.sources] == sorted(
+        [str(music / "_intro.flac")] + [str(music / "album" / f"{i}.flac") for i in range(4)])
+    summary = found.ignored.as_dict()
+    assert summary["by_kind"] == {"broken_link": 1, "hidden": 2, "image": 1, "playlist": 1, "same_file": 2,
+                                  "seen_folder": 2, "special": 1, "text": 1}
+    assert summary["count"] == 11 and len(summary["examples"]) == 11
+    json.dumps(summary)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway (these tests run as root)")
+def test_unreadable_permissions_are_quarantined(tmp_path):
+    path = excerpt(str(tmp_path / "locked.flac"), "-c:a", "flac")
+    os.chmod(path, 0)
+    assert outcome(path) == {"unreadable"}
+
+
+def test_s3_keys_with_spaces_and_unicode(s3_server, tmp_path):
+    local = excerpt(str(tmp_path / "x.flac"), "-c:a", "flac")
+    prefix = f"s3://{s3_server.bucket}/hostile keys"
+    keys = ["my album/01 first song.flac", "my album/02 ünï ♪.flac"]
+    for key in keys:
+        storage.write_bytes_atomic(f"{prefix}/{key}", open(local, "rb").read())
+    storage.write_bytes_atomic(f"{prefix}/my album/cover art.jpg", b"\xff\xd8")
+    found = sources.discover_all([prefix])
+    assert [s["source_uri"] for s in found.sources] == [f"{prefix}/{k}" for k in keys]
+    assert found.ignored.as_dict()["by_kind"] == {"image": 1}
+    for source in found.sources:
+        assert {r["reject_reason"] for r in process_track(source)} == {""}
+
+
+def test_end_to_end_the_account_holds_ignored_files_and_bad_names(ray_local, tmp_path):
+    from pipelines.corpus.config import CorpusConfig
+    from pipelines.corpus.pipeline import prepare_corpus
+
+    music = tmp_path / "music"
+    music.mkdir()
+    excerpt(str(music / "song.webm"), "-c:a", "libopus", seconds=6.0)
+    shutil.copyfile(music / "song.webm", music / os.fsdecode(b"\xff\xfe name.webm"))
+    os.symlink("..", music / "loop")
+    (music / "cover.png").write_bytes(b"\x89PNG")
+    output = str(tmp_path / "out")
+    manifest = prepare_corpus(CorpusConfig(inputs=[str(music)], output=output, kit="tiny", batch_size=4),
+                              progress=lambda *_: None)
+    assert manifest["counts"]["inputs"] == 2 and manifest["counts"]["incomplete_tracks"] == 0
+    assert manifest["counts"]["tracks_ok"] == 1 and manifest["counts"]["quarantined"] == {"bad_file_name": 1}
+    assert manifest["ignored"]["by_kind"] == {"image": 1, "seen_folder": 1}
+    assert json.loads(storage.read_bytes(storage.join(output, "manifest.json")))["ignored"] == manifest["ignored"]
