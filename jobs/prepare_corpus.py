@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = prepare_corpus(config)
     print("\n" + format_account(manifest))
     print(f"\nmanifest: {config.output.rstrip('/')}/manifest.json")
+    from pipelines.report import write_report
+
+    print(f"report:   {write_report(config.output)}")
     if manifest["counts"]["incomplete_tracks"]:
         print(json.dumps(manifest["incomplete"], indent=1), file=sys.stderr)
         print("some inputs are not fully accounted for: re-run the same command to complete them", file=sys.stderr)

@@ -105,12 +105,17 @@ def _tags(d: ReportData, charts: dict[str, str]) -> str:
     if not d.tags_by_source:
         return out[0] + "<p>No tags.</p>"
     out.append("<p class='sub'>" + ", ".join(f"{h(TAG_SOURCES.get(s, s))}: {len(c)} distinct tags, "
-                                              f"{sum(c.values())} uses" for s, c in sorted(d.tags_by_source.items()))
+                                              f"{sum(c.values())} uses" for s, c in sorted(d.tags_by_source.items(), key=lambda kv: _source_order(kv[0])))
                + "</p><div class='grid'>")
-    for source in sorted(d.tags_by_source):
+    for source in sorted(d.tags_by_source, key=_source_order):
         out.append(f"<figure><figcaption>{h(TAG_SOURCES.get(source, source))}</figcaption>"
                    f"{_img(charts['tags:' + source], 'top tags, ' + source)}</figure>")
     return "".join(out) + "</div>"
+
+
+def _source_order(source: str) -> tuple:
+    order = list(TAG_SOURCES)
+    return (order.index(source) if source in order else len(order), source)
 
 
 def _caption_mix(d: ReportData, chart: str) -> str:
