@@ -1,6 +1,8 @@
 """Reading a corpus for its report: small columns of every row, heavy columns and audio of a seeded sample only."""
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import os
 import posixpath
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import constants, storage
@@ -16,6 +19,9 @@ from pipelines.corpus import CORPUS_DIR, MANIFEST, QUARANTINE_DIR
 
 # Read for every row: a few bytes each, so the whole table fits even for millions of clips.
 SMALL_COLUMNS = ["clip_id", "track_id", "duration_seconds", "split", "caption", "caption_source", "t5_length", "tags"]
+# Read for the sampled rows only: the latent alone is 64 KiB a row.
+SAMPLE_COLUMNS = ["clip_id", "track_id", "source_uri", "start_seconds", "duration_seconds", "split", "caption",
+                  "caption_source", "tags", "latent_mean"]
 LOUDNESS_COLUMN = "loudness_lufs"    # used when a corpus has it; otherwise RMS dBFS of the sampled clips
 QUARANTINE_COLUMNS = ["item_id", "source_uri", "stage", "reason", "detail"]
 EXAMPLES_PER_REASON = 3
@@ -79,42 +85,60 @@ def _schema_names(uri: str) -> list[str]:
     return pq.read_schema(path, filesystem=fs).names
 
 
-def _read_small(files: list[str], loudness: bool) -> tuple[pa.Table, np.ndarray]:
-    """The small columns of every corpus file, and which file each row came from."""
-    columns = SMALL_COLUMNS + ([LOUDNESS_COLUMN] if loudness else [])
-    tables, origin = [], []
-    for index, uri in enumerate(files):
-        table = storage.read_parquet(uri, columns=columns)
-        tables.append(table)
-        origin.append(np.full(table.num_rows, index, np.int64))
-    if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in columns}), np.zeros(0, np.int64)
-    return pa.concat_tables(tables), np.concatenate(origin)
+def sample_key(clip_id: str, seed: int) -> bytes:
+    """A clip's place in the seeded sample: the sample is the clips with the smallest keys, so it is the same
+    whatever the order of rows and files, and it is found in one streamed pass."""
+    return hashlib.sha256(f"{seed}:{clip_id}".encode()).digest()
 
 
-def sample_indices(clip_ids: list[str], n: int, seed: int) -> list[int]:
-    """Row indices of n clips drawn with the seed, independent of how the rows are spread over files."""
-    order = sorted(range(len(clip_ids)), key=clip_ids.__getitem__)
-    if n >= len(order):
-        return order
-    picked = np.random.default_rng(seed).choice(len(order), size=n, replace=False)
-    return [order[i] for i in sorted(picked)]
+def sample_ids(clip_ids, n: int, seed: int) -> list[str]:
+    """The n clip ids of the seeded sample (all of them when there are fewer), in sample order."""
+    return [c for _, c in heapq.nsmallest(n, ((sample_key(c, seed), c) for c in clip_ids))]
 
 
-def _heavy_columns(files: list[str], origin: np.ndarray, rows: list[int], small: pa.Table) -> dict[str, dict]:
-    """clip_id -> {source_uri, start_seconds, latent_mean} for the sampled rows only, one read per file touched."""
+@dataclass
+class _Totals:
+    """What the small columns add up to, accumulated file by file (never the whole table in Python objects)."""
+    durations: list = field(default_factory=list)
+    t5_lengths: list = field(default_factory=list)
+    caption_lengths: list = field(default_factory=list)
+    loudness: list = field(default_factory=list)
+    splits: Counter = field(default_factory=Counter)
+    caption_sources: Counter = field(default_factory=Counter)
+    tags: dict = field(default_factory=dict)
+    tracks: set = field(default_factory=set)
+    candidates: list = field(default_factory=list)      # (key, clip_id, file index): the sample so far
+
+    def add(self, table: pa.Table, index: int, sample: int, seed: int, loudness: bool) -> None:
+        self.durations.append(table["duration_seconds"].to_numpy())
+        self.t5_lengths.append(table["t5_length"].to_numpy())
+        self.caption_lengths.append(pc.utf8_length(table["caption"]).to_numpy())
+        if loudness:
+            self.loudness.append(table[LOUDNESS_COLUMN].drop_null().to_numpy())
+        for counter, column in ((self.splits, "split"), (self.caption_sources, "caption_source")):
+            for item in pc.value_counts(table[column]).to_pylist():
+                counter[item["values"]] += item["counts"]
+        self.tracks.update(pc.unique(table["track_id"]).to_pylist())
+        flat = pc.list_flatten(table["tags"])
+        if len(flat):
+            pairs = pa.table({"source": pc.struct_field(flat, "source"), "tag": pc.struct_field(flat, "tag")})
+            for row in pairs.group_by(["source", "tag"]).aggregate([("tag", "count")]).to_pylist():
+                self.tags.setdefault(row["source"], Counter())[row["tag"]] += row["tag_count"]
+        ids = table["clip_id"].to_pylist()
+        self.candidates = heapq.nsmallest(sample, self.candidates + [(sample_key(c, seed), c, index) for c in ids])
+
+
+def _heavy_rows(files: list[str], picked: list[tuple]) -> dict[str, dict]:
+    """clip_id -> its row (latent_mean included) for the sampled clips only, one read per file holding one."""
     wanted: dict[int, set[str]] = {}
-    for row in rows:
-        wanted.setdefault(int(origin[row]), set()).add(small["clip_id"][row].as_py())
+    for _, clip_id, index in picked:
+        wanted.setdefault(index, set()).add(clip_id)
     out = {}
     for index, ids in sorted(wanted.items()):
-        table = storage.read_parquet(files[index], columns=["clip_id", "source_uri", "start_seconds", "latent_mean"])
-        for i, clip_id in enumerate(table["clip_id"].to_pylist()):
-            if clip_id in ids:
-                out[clip_id] = {"source_uri": table["source_uri"][i].as_py(),
-                                "start_seconds": table["start_seconds"][i].as_py(),
-                                "latent_mean": np.frombuffer(table["latent_mean"][i].as_py(), "<f2")
-                                .astype(np.float32).reshape(constants.LATENT_SHAPE)}
+        table = storage.read_parquet(files[index], columns=SAMPLE_COLUMNS)
+        table = table.filter(pc.is_in(table["clip_id"], value_set=pa.array(sorted(ids))))
+        for row in table.to_pylist():
+            out[row["clip_id"]] = row
     return out
 
 
@@ -183,43 +207,41 @@ def _quarantine(corpus_uri: str) -> tuple[dict, dict]:
 
 def read_report_data(corpus_uri: str, *, sample: int = 12, seed: int = 0, audio: bool = True) -> ReportData:
     """Read what the report needs from OUT/ (a local folder or s3:// prefix): manifest, quarantine, the small
-    corpus columns of every row, and latents, audio and attribution of `sample` seeded clips."""
-    manifest = read_manifest(corpus_uri)
+    corpus columns of every row (file by file), and latents, audio and attribution of `sample` seeded clips."""
     files = storage.list_files(storage.join(corpus_uri, CORPUS_DIR), ".parquet")
     has_lufs = bool(files) and LOUDNESS_COLUMN in _schema_names(files[0])
-    small, origin = _read_small(files, has_lufs)
-    cols = small.to_pydict()
-    rows = sample_indices(cols["clip_id"], sample, seed)
-    heavy = _heavy_columns(files, origin, rows, small) if rows else {}
+    totals = _Totals()
+    for index, uri in enumerate(files):
+        table = storage.read_parquet(uri, columns=SMALL_COLUMNS + ([LOUDNESS_COLUMN] if has_lufs else []))
+        totals.add(table, index, sample, seed, has_lufs)
+    rows = _heavy_rows(files, totals.candidates)
     samples = []
-    for row in rows:
-        clip_id = cols["clip_id"][row]
-        extra = heavy[clip_id]
-        samples.append(Sample(clip_id=clip_id, track_id=cols["track_id"][row], source_uri=extra["source_uri"],
-                              start_seconds=extra["start_seconds"], duration_seconds=cols["duration_seconds"][row],
-                              split=cols["split"][row], caption=cols["caption"][row],
-                              caption_source=cols["caption_source"][row], tags=list(cols["tags"][row] or []),
-                              latent_mean=extra["latent_mean"]))
+    for _, clip_id, _ in totals.candidates:
+        row = rows[clip_id]
+        samples.append(Sample(clip_id=clip_id, track_id=row["track_id"], source_uri=row["source_uri"],
+                              start_seconds=row["start_seconds"], duration_seconds=row["duration_seconds"],
+                              split=row["split"], caption=row["caption"], caption_source=row["caption_source"],
+                              tags=list(row["tags"] or []),
+                              latent_mean=np.frombuffer(row["latent_mean"], "<f2").astype(np.float32)
+                              .reshape(constants.LATENT_SHAPE)))
     if audio:
         _load_audio(samples)
 
-    tags_by_source: dict[str, Counter] = {}
-    for tags in cols["tags"]:
-        for tag in tags or ():
-            tags_by_source.setdefault(tag["source"], Counter())[tag["tag"]] += 1
+    def joined(parts: list) -> np.ndarray:
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
     if has_lufs:
-        loudness = np.array([x for x in cols[LOUDNESS_COLUMN] if x is not None], np.float64)
+        loudness = joined(totals.loudness)
         loudness_label = f"loudness (LUFS, column {LOUDNESS_COLUMN}, all {len(loudness)} clips)"
     else:
         loudness = np.array([s.rms_dbfs for s in samples if s.rms_dbfs is not None], np.float64)
         loudness_label = f"clip RMS (dBFS, the {len(loudness)} sampled clips' audio)"
     q_counts, q_examples = _quarantine(corpus_uri)
-    durations = np.asarray(cols["duration_seconds"], np.float64)
+    durations = joined(totals.durations)
     return ReportData(
-        corpus_uri=corpus_uri, manifest=manifest, clips=small.num_rows, tracks=len(set(cols["track_id"])),
-        hours=float(durations.sum() / 3600), splits=dict(Counter(cols["split"]).most_common()),
-        durations=durations, t5_lengths=np.asarray(cols["t5_length"], np.float64),
-        caption_lengths=np.array([len(c) for c in cols["caption"]], np.float64),
-        caption_sources=dict(Counter(cols["caption_source"])), tags_by_source=tags_by_source,
+        corpus_uri=corpus_uri, manifest=read_manifest(corpus_uri), clips=len(durations), tracks=len(totals.tracks),
+        hours=float(durations.sum() / 3600), splits=dict(totals.splits.most_common()),
+        durations=durations, t5_lengths=joined(totals.t5_lengths), caption_lengths=joined(totals.caption_lengths),
+        caption_sources=dict(totals.caption_sources), tags_by_source=totals.tags,
         loudness=loudness, loudness_label=loudness_label,
         quarantine_counts=q_counts, quarantine_examples=q_examples, samples=samples)
