@@ -116,6 +116,11 @@ def test_report_job_writes_where_asked(corpus, tmp_path, capsys):
     assert main(["--corpus", corpus, "--output", str(tmp_path / "card"), "--sample", "2", "--seed", "5"]) == 0
     assert str(tmp_path / "card" / "index.html") in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "card" / "audio")) == 2
+    assert main(["--corpus", corpus, "--output", str(tmp_path / "card"), "--sample", "1"]) == 0
+    assert len(os.listdir(tmp_path / "card" / "audio")) == 1 == len(os.listdir(tmp_path / "card" / "mel"))  # none left over
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--sample" in capsys.readouterr().out
 
 
 def test_report_of_an_s3_corpus_whose_sources_are_gone(s3_server, tmp_path):

@@ -74,6 +74,10 @@ def write_report(corpus_uri: str, out_uri: str | None = None, *, sample: int = 1
     Returns the page's URI."""
     out_uri = out_uri or storage.join(corpus_uri, REPORT_DIR)
     d = read_report_data(corpus_uri, sample=sample, seed=seed)
+    fs, path = storage.filesystem(out_uri)
+    for folder in ("mel", "audio"):          # the report's own folders: an earlier sample's files would linger
+        if storage.exists(storage.join(out_uri, folder)):
+            fs.delete_dir_contents(f"{path}/{folder}")
     mel_files, audio_files = {}, {}
     for s in d.samples:
         if s.audio is None:

@@ -194,14 +194,19 @@ def _load_audio(samples: list[Sample]) -> None:
 
 
 def _quarantine(corpus_uri: str) -> tuple[dict, dict]:
+    """Rows per (stage, reason), counted with pyarrow, and the first few examples of each."""
     counts: Counter = Counter()
     examples: dict[tuple[str, str], list[dict]] = {}
     for uri in storage.list_files(storage.join(corpus_uri, QUARANTINE_DIR), ".parquet"):
-        for row in storage.read_parquet(uri, columns=QUARANTINE_COLUMNS).to_pylist():
+        table = storage.read_parquet(uri, columns=QUARANTINE_COLUMNS)
+        for row in table.group_by(["stage", "reason"]).aggregate([("item_id", "count")]).to_pylist():
             key = (row["stage"], row["reason"])
-            counts[key] += 1
-            if len(examples.setdefault(key, [])) < EXAMPLES_PER_REASON:
-                examples[key].append(dict(row, detail=row["detail"][:DETAIL_CHARS]))
+            counts[key] += row["item_id_count"]
+            need = EXAMPLES_PER_REASON - len(examples.setdefault(key, []))
+            if need > 0:
+                mask = pc.and_(pc.equal(table["stage"], key[0]), pc.equal(table["reason"], key[1]))
+                examples[key] += [dict(r, detail=r["detail"][:DETAIL_CHARS])
+                                  for r in table.filter(mask).slice(0, need).to_pylist()]
     return dict(counts.most_common()), examples
 
 
