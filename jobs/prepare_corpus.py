@@ -21,6 +21,7 @@ from schemas import constants  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
 from pipelines.corpus.config import CorpusConfig  # noqa: E402
 from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
+from pipelines.corpus.report import write_report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> CorpusConfig:
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = prepare_corpus(config)
     print("\n" + format_account(manifest))
     print(f"\nmanifest: {config.output.rstrip('/')}/manifest.json")
+    try:        # the corpus is complete either way: a failed data card is reported, not fatal
+        print(f"report:   {write_report(config.output)}")
+    except Exception as error:  # noqa: BLE001
+        print(f"report:   not written ({type(error).__name__}: {error}); retry with jobs/report.py", file=sys.stderr)
     if manifest["counts"]["incomplete_tracks"]:
         print(json.dumps(manifest["incomplete"], indent=1), file=sys.stderr)
         print("some inputs are not fully accounted for: re-run the same command to complete them", file=sys.stderr)
