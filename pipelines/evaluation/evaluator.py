@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np

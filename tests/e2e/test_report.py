@@ -17,7 +17,6 @@ from schemas import constants
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.pipeline import prepare_corpus
 from pipelines.corpus.report import charts_of, read_report_data, write_report
-from pipelines.corpus.report.data import sample_ids
 from pipelines.corpus.report.page import render
 from tests.audio_fixtures import write_tone_track
 from tests.chromium import CHROMIUM, check_page
@@ -94,14 +93,6 @@ def test_the_audio_beside_the_page_is_the_clip_cut_from_its_source(corpus, repor
         source = decode(s.source_uri).audio[start:start + len(wav)]
         assert np.abs(wav - np.clip(source, -1, 1)).max() < 2e-4, s.clip_id   # PCM-16 rounding only
     assert len(data.loudness) == 3 and np.all(data.loudness < 0)            # RMS dBFS of the sampled clips
-
-
-def test_the_sample_is_seeded_and_independent_of_row_order():
-    ids = [f"t{i:03d}-00000" for i in range(100)]
-    first = sample_ids(ids, 12, seed=0)
-    assert sample_ids(list(np.random.default_rng(1).permutation(ids)), 12, seed=0) == first
-    assert len(set(first)) == 12 and set(sample_ids(ids, 12, seed=1)) != set(first)
-    assert sorted(sample_ids(ids[:5], 12, seed=0)) == ids[:5]
 
 
 def test_ignored_inputs_are_shown_when_the_manifest_records_them(corpus):

@@ -24,7 +24,7 @@ from pipelines.training.checkpoint import STATE_FILE, list_checkpoints
 from tests.audio_fixtures import write_tone_track
 from tests.s3server import SECRET_KEY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_cli(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

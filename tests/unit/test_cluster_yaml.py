@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-CLUSTER_YAML = Path(__file__).resolve().parent.parent / "ray_cluster.yaml"
+CLUSTER_YAML = Path(__file__).resolve().parents[2] / "ray_cluster.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -14,34 +14,6 @@ from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_tone_track
 
 
-def test_plan_keeps_an_earlier_runs_copy_then_the_smallest_uri():
-    hashed = [{"content_hash": "h1", "track_id": "t-b", "source_uri": "/m/b.flac"},
-              {"content_hash": "h1", "track_id": "t-a", "source_uri": "/m/a.flac"},
-              {"content_hash": "h2", "track_id": "t-c", "source_uri": "/m/c.flac"}]
-    assert dedup.plan_owners({}, hashed) == {"h1": {"track_id": "t-a", "source_uri": "/m/a.flac"},
-                                             "h2": {"track_id": "t-c", "source_uri": "/m/c.flac"}}
-    # h1 was kept by an earlier run's track t-old: this run's smaller URI does not take it over.
-    assert dedup.plan_owners({"h1": "t-old"}, hashed)["h1"] == {"track_id": "t-old", "source_uri": ""}
-    assert dedup.plan_owners({}, list(reversed(hashed))) == dedup.plan_owners({}, hashed)
-
-
-def test_registry_seeded_with_bare_track_ids_answers_instead_of_crashing(tmp_path):
-    """Issue 11 (a): the ledger seeds {hash: track_id}; the old registry split it as "id uri" -> IndexError."""
-    registry = dedup.DedupRegistry(str(tmp_path / "claims.json"), known={"h1": "t-old"})
-    assert registry.claim("h1", "t-new", "/m/copy.flac") == "track t-old (kept by an earlier run)"
-    assert registry.claim("h1", "t-old", "/m/orig.flac") is None
-
-
-def test_claim_order_does_not_change_the_kept_copy(tmp_path):
-    claims = str(tmp_path / "claims.json")
-    plan = dedup.plan_owners({}, [{"content_hash": "h", "track_id": t, "source_uri": f"/m/{t}.flac"} for t in "zya"])
-    storage.write_bytes_atomic(claims, json.dumps(plan).encode())
-    for order in ("zya", "ayz", "yaz"):
-        registry = dedup.DedupRegistry(claims)
-        answers = {t: registry.claim("h", t, f"/m/{t}.flac") for t in order}
-        assert answers == {"a": None, "y": "/m/a.flac", "z": "/m/a.flac"}, order
-
-
 def test_registry_killed_between_claims_restarts_with_the_same_claims(ray_local, tmp_path):
     claims = str(tmp_path / "claims.json")
     storage.write_bytes_atomic(claims, json.dumps(

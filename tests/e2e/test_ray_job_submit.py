@@ -10,7 +10,7 @@ from pipelines import storage
 from tests.audio_fixtures import write_tone_track
 from tests.raycluster import RayHead
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

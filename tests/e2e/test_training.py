@@ -10,11 +10,9 @@ import torch
 
 from pipelines import storage
 from pipelines.training.checkpoint import list_checkpoints, load_state
-from pipelines.training.config import TrainConfig, accumulation_steps
+from pipelines.training.config import TrainConfig
 from pipelines.training.data import assign_files, batches_per_epoch, rank_micro_batches, scan_corpus
-from pipelines.training.ema import ema_update
 from pipelines.training.run import run_training
-from pipelines.training.step import apply_text_dropout, t_bucket_sums
 from tests.corpus_fixture import write_tiny_corpus
 
 
@@ -23,28 +21,6 @@ def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
     write_tiny_corpus(folder, n_clips=16)
     return str(folder)
-
-
-def test_text_dropout_replaces_each_encoder_independently():
-    txt, mask = torch.randn(3, 5, 4), torch.ones(3, 5, dtype=torch.bool)
-    y, null_t5, null_clap = torch.randn(3, 2), torch.randn(7, 4), torch.randn(2)
-    out_txt, out_mask, out_y = apply_text_dropout(txt, mask, y, null_t5, null_clap,
-                                                  torch.tensor([True, False, False]), torch.tensor([False, True, False]))
-    assert out_txt.shape == (3, 7, 4)
-    assert torch.equal(out_txt[0], null_t5) and out_mask[0].all()
-    assert torch.equal(out_txt[1, :5], txt[1]) and not out_mask[1, 5:].any() and not out_txt[1, 5:].any()
-    assert torch.equal(out_y[1], null_clap) and torch.equal(out_y[0], y[0]) and torch.equal(out_y[2], y[2])
-
-
-def test_batch_arithmetic_ema_and_buckets():
-    assert accumulation_steps(128, 16, 4) == 2
-    with pytest.raises(ValueError):
-        accumulation_steps(100, 16, 4)
-    ema, params = [torch.zeros(3)], [torch.ones(3)]
-    ema_update(ema, params, 0.9)
-    assert torch.allclose(ema[0], torch.full((3,), 0.1))
-    sums, counts = t_bucket_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.1, 0.3, 0.99]))
-    assert sums.tolist() == [1.0, 2.0, 0.0, 3.0] and counts.tolist() == [1.0, 1.0, 0.0, 1.0]
 
 
 def _state(storage_uri: str, name: str) -> dict:
@@ -134,4 +110,3 @@ def test_each_rank_reads_its_own_files_and_epochs_differ(ray_local, tmp_path):
     resumed = list(itertools.islice(stream(1, skip=2), 2))
     assert [(e, n) for e, n, _ in resumed] == [(0, 3), (0, 4)]
     assert [c for _, _, clips in resumed for c in clips] == seen[(1, 0)][4:]
-
