@@ -1,4 +1,4 @@
-"""Patchify, position ids, rectified-flow loss and the Euler + CFG sampler (spec §4.1, §4.2, §5).
+"""Patchify, position ids, text padding and the rectified-flow loss (spec §4.1, §4.2, §5).
 
 Convention: data at t = 0, noise at t = 1, z_t = (1 - t) x + t eps, the model predicts v = eps - x.
 cond / uncond dicts: {"txt": [B, L, ctx], "txt_mask": [B, L] bool (True = real token; optional), "y": [B, vec]}.
@@ -76,14 +76,14 @@ def pad_to_bucket(txt: Tensor, mask: Tensor | None, buckets: tuple[int, ...] = T
     return padded_txt, padded_mask
 
 
-def _text_mask(cond: dict) -> Tensor:
+def text_mask(cond: dict) -> Tensor:
     mask = cond.get("txt_mask")
     if mask is None:
         return torch.ones(cond["txt"].shape[:2], dtype=torch.bool, device=cond["txt"].device)
     return mask.bool()
 
 
-def _as_tokens(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+def as_tokens(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """Accept a latent [B, C, H, W] (any even H, W) or tokens [B, 1024, F] of the standard grid."""
     if x.dim() == 4:
         return patchify(x), (x.shape[2] // PATCH, x.shape[3] // PATCH)
@@ -98,7 +98,7 @@ def velocity(model: nn.Module, z: Tensor, t: Tensor, cond: dict, grid: tuple[int
         raise ValueError(f"expected {grid[0] * grid[1]} music tokens for a {grid} patch grid, got {length}")
     txt = cond["txt"]
     return model(z, latent_ids(b, *grid, device=z.device), txt, text_ids(b, txt.shape[1], z.device),
-                 _text_mask(cond), cond["y"], t)
+                 text_mask(cond), cond["y"], t)
 
 
 def rectified_flow_loss(model: nn.Module, x0: Tensor, cond: dict, *, generator: torch.Generator | None = None
@@ -107,7 +107,7 @@ def rectified_flow_loss(model: nn.Module, x0: Tensor, cond: dict, *, generator: 
 
     x0: scaled latent [B, 8, 256, 16] or its tokens [B, 1024, 32]. Unweighted, mean over tokens and channels.
     """
-    x0, grid = _as_tokens(x0)
+    x0, grid = as_tokens(x0)
     b = x0.shape[0]
     t = torch.sigmoid(torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32))
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -116,43 +116,3 @@ def rectified_flow_loss(model: nn.Module, x0: Tensor, cond: dict, *, generator: 
     prediction = velocity(model, z_t, t, cond, grid)
     loss = (prediction.float() - (noise - x0).float()).pow(2).mean(dim=(1, 2))
     return loss, t
-
-
-def cfg_batch(cond: dict, uncond: dict) -> dict:
-    """One batch [cond; uncond] (2B rows); texts zero-padded to a common length; uncond of batch 1 is broadcast.
-
-    Filled by slice assignment rather than torch.cat, which CPU autocast rejects for fp16 inputs.
-    """
-    txt_c, mask_c, y_c = cond["txt"], _text_mask(cond), cond["y"]
-    txt_u, mask_u, y_u = uncond["txt"], _text_mask(uncond), uncond["y"]
-    b = txt_c.shape[0]
-    length = max(txt_c.shape[1], txt_u.shape[1])
-    txt = txt_c.new_zeros(2 * b, length, txt_c.shape[2])
-    mask = torch.zeros(2 * b, length, dtype=torch.bool, device=mask_c.device)
-    y = y_c.new_empty(2 * b, y_c.shape[1])
-    txt[:b, : txt_c.shape[1]], mask[:b, : txt_c.shape[1]], y[:b] = txt_c, mask_c, y_c
-    txt[b:, : txt_u.shape[1]], mask[b:, : txt_u.shape[1]], y[b:] = txt_u, mask_u, y_u   # broadcasts batch 1
-    return {"txt": txt, "txt_mask": mask, "y": y}
-
-
-@torch.no_grad()
-def sample(model: nn.Module, noise: Tensor, cond: dict, uncond: dict | None, *, steps: int = 50,
-           cfg_scale: float = 3.5) -> Tensor:
-    """Euler from t = 1 to 0 on the grid t_i = i/steps (never evaluated at t = 0), with CFG
-    v = v_u + s (v_c - v_u); conditional and unconditional rows go through one batched forward.
-
-    noise: [B, 8, 256, 16] or tokens [B, 1024, 32]; returns x0 of the same shape.
-    """
-    z, grid = _as_tokens(noise)
-    b = z.shape[0]
-    guided = uncond is not None and cfg_scale != 1.0
-    batch_cond = cfg_batch(cond, uncond) if guided else cond
-    for i in range(steps, 0, -1):
-        t = torch.full((b,), i / steps, device=z.device, dtype=torch.float32)
-        if guided:
-            v_cond, v_uncond = velocity(model, z.repeat(2, 1, 1), t.repeat(2), batch_cond, grid).float().chunk(2)
-            v = v_uncond + cfg_scale * (v_cond - v_uncond)
-        else:
-            v = velocity(model, z, t, batch_cond, grid).float()
-        z = (z.float() - v / steps).to(z.dtype)
-    return unpatchify(z, *grid) if noise.dim() == 4 else z

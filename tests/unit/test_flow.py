@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from model import build_model, latent_ids, pad_text, patchify, rectified_flow_loss, sample, unpatchify, velocity
-from model.flow import cfg_batch
+from model.sampler import cfg_batch
 
 CTX, VEC = 24, 12
 
