@@ -55,11 +55,6 @@ def s3_filesystem() -> pafs.S3FileSystem:
                              connect_timeout=5, request_timeout=60, **s3_options_from_env())
 
 
-def ray_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for ray.data.read_parquet / write_parquet(path, filesystem=fs)."""
-    return filesystem(uri)
-
-
 def train_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """(storage_path, storage_filesystem) for ray.train.RunConfig.
 

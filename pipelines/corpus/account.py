@@ -9,6 +9,7 @@ from dataclasses import asdict
 import numpy as np
 
 from pipelines import storage
+from pipelines.corpus.captions import mix_report
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.ledger import ledger_of, read_account
 from schemas import SCHEMA_VERSION, constants
@@ -28,7 +29,6 @@ def build_manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, l
     sources_by_id = {s["track_id"] for s in sources}
     incomplete = sorted(t for t in sources_by_id if not ledger.complete(t))
     hours = sum(corpus["duration_seconds"]) / 3600
-    mix = Counter(corpus["caption_source"])
     return {
         "schema_version": SCHEMA_VERSION,
         "kit": config.kit,
@@ -47,8 +47,7 @@ def build_manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, l
         },
         "incomplete": incomplete[:100],
         "splits": dict(Counter(corpus["split"])),
-        "caption_mix": {"original": mix.get("original", 0), "synthetic": mix.get("synthetic", 0),
-                        "original_fraction": round(mix.get("original", 0) / max(1, sum(mix.values())), 4),
+        "caption_mix": {**mix_report(corpus["caption_source"]),
                         "target_original_probability": config.original_caption_probability},
         "latent_stats": {"mean": mean, "std": std, "scaled_std": std * scaling,
                          "_sums": stats.tolist()},

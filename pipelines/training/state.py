@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from model import build_model
 from pipelines.training.config import FSDP_SIZES, TrainConfig, accumulation_steps, learning_rate_factor
 from pipelines.training.data import read_null_text
+from pipelines.training.optim import build_optimizer
 from pipelines.training.parallel import local, unwrap, wrap_model
 
 
@@ -65,7 +66,7 @@ def build_state(cfg: TrainConfig, manifest: dict, data: str, *, rank: int, world
                        gradient_checkpointing=cfg.size in FSDP_SIZES)
     model = wrap_model(base, cfg.resolved_strategy(), world, device)
     base = unwrap(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, device.type)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, cfg.warmup_steps))
     return TrainState(
         cfg=cfg, rank=rank, world=world, device=device, model=model, base=base, optimizer=optimizer,

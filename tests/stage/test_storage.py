@@ -37,15 +37,15 @@ def test_s3_roundtrip_bytes_parquet_list(s3_server):
     assert s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == b'{"a": 1}'
 
 
-def test_train_storage_and_ray_filesystem(s3_server, tmp_path):
+def test_train_storage_and_filesystem(s3_server, tmp_path):
     path, fs = storage.train_storage(s3_server.uri("runs"))
     assert path == f"{s3_server.bucket}/runs" and isinstance(fs, pafs.S3FileSystem)
     fs.create_dir(path + "/probe", recursive=True)
     assert fs.get_file_info(path + "/probe").type == pafs.FileType.Directory
     assert storage.train_storage(str(tmp_path / "runs")) == (str(tmp_path / "runs"), None)
-    fs, path = storage.ray_filesystem(s3_server.uri("data/"))
+    fs, path = storage.filesystem(s3_server.uri("data/"))
     assert path == f"{s3_server.bucket}/data" and isinstance(fs, pafs.S3FileSystem)
-    assert isinstance(storage.ray_filesystem(str(tmp_path))[0], pafs.LocalFileSystem)
+    assert isinstance(storage.filesystem(str(tmp_path))[0], pafs.LocalFileSystem)
 
 
 def test_credentials_never_logged_or_raised(s3_server, caplog, capfd):
@@ -132,10 +132,10 @@ def _capture(result: dict, fn, *args) -> None:
 
 
 def test_ray_data_parquet_through_s3(s3_server, ray_local):
-    """Ray Data writes and reads Parquet on S3 through ray_filesystem; workers get the env explicitly."""
+    """Ray Data writes and reads Parquet on S3 through storage.filesystem; workers get the env explicitly."""
     ray = ray_local
     runtime_env = {"env_vars": storage.ray_worker_env()}
-    fs, path = storage.ray_filesystem(s3_server.uri(f"ray-{uuid.uuid4().hex[:8]}"))
+    fs, path = storage.filesystem(s3_server.uri(f"ray-{uuid.uuid4().hex[:8]}"))
     items = [{"clip_id": f"c{i:03d}", "value": float(i)} for i in range(20)]
     ds = ray.data.from_items(items).repartition(2)
     ds.write_parquet(path, filesystem=fs, ray_remote_args={"runtime_env": runtime_env})   # no named parameter
