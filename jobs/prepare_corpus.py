@@ -25,33 +25,34 @@ from pipelines.corpus.report import write_report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> CorpusConfig:
+    defaults = CorpusConfig(inputs=[], output="")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", action="append", required=True, metavar="PATH",
                    help="a local folder, an s3:// prefix, or a manifest (.csv/.jsonl/.parquet with a file_name/path "
                         "column and optional caption/tags/title/artist/genre columns). Repeatable.")
     p.add_argument("--output", required=True, help="output folder or s3:// prefix (created; re-runs resume into it)")
-    p.add_argument("--kit", default="tiny",
-                   help="model kit: a name in pipelines/models/kits/ (tiny, paper, cpu-real) or a path to a kit YAML (default: tiny)")
+    p.add_argument("--kit", default=defaults.kit,
+                   help="model kit: a name in pipelines/models/kits/ (tiny, paper, cpu-real) or a path to a kit YAML (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="process at most this many inputs (in sorted order)")
-    p.add_argument("--min-clip-seconds", type=float, default=constants.MIN_CLIP_SECONDS,
+    p.add_argument("--min-clip-seconds", type=float, default=defaults.min_clip_seconds,
                    help="a track's last piece shorter than this is dropped (and counted); a longer one is zero-padded "
                         f"to {constants.CLIP_SECONDS} s (default: %(default)s)")
-    p.add_argument("--silence-dbfs", type=float, default=constants.SILENCE_DBFS,
+    p.add_argument("--silence-dbfs", type=float, default=defaults.silence_dbfs,
                    help="clips whose RMS is below this level are rejected as silent (default: %(default)s)")
-    p.add_argument("--valid-fraction", type=float, default=0.02,
+    p.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
                    help="fraction of tracks (by track, deterministic) in the valid split (default: %(default)s)")
-    p.add_argument("--original-caption-probability", type=float, default=constants.CAPTION_ORIGINAL_PROBABILITY,
+    p.add_argument("--original-caption-probability", type=float, default=defaults.original_caption_probability,
                    help="probability of training on a clip's original caption when it has one; otherwise the "
                         "LLM-written caption (the paper's 20/80 mix; default: %(default)s)")
-    p.add_argument("--caption-backend", choices=["transformers", "vllm"], default="transformers",
+    p.add_argument("--caption-backend", choices=["transformers", "vllm"], default=defaults.caption_backend,
                    help="LLM back end for captions: transformers (CPU or GPU) or vllm (GPU clusters; default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (captions, mix)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch in each stage (default: %(default)s)")
-    p.add_argument("--actors-per-stage", type=int, default=1,
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random choice (captions, mix; default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="clips per batch in each stage (default: %(default)s)")
+    p.add_argument("--actors-per-stage", type=int, default=defaults.actors_per_stage,
                    help="actor-pool size of each model stage (VAE, tags, captions, text encoders; default: %(default)s)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+    p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor,
                    help="GPUs per model-stage actor: 0 runs the models on CPU (default: %(default)s)")
-    p.add_argument("--cpus-per-actor", type=float, default=0.5,
+    p.add_argument("--cpus-per-actor", type=float, default=defaults.cpus_per_actor,
                    help="CPUs reserved per model-stage actor (fractional on small machines; default: %(default)s)")
     a = p.parse_args(argv)
     return CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,

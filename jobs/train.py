@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 from dataclasses import fields
 
-from pipelines.training.config import DEFAULT_PROMPTS, TrainConfig
+from pipelines.training.config import DEFAULT_PROMPTS, DEFAULT_SHUFFLE_ROWS, TrainConfig
 from pipelines.training.run import run_training
 
 
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the latest checkpoint of --run-name (without it, a name that already holds a run "
                         "is refused rather than silently continued)")
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers, one GPU each with --use-gpu")
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="Ray Train workers, one GPU each with --use-gpu")
     p.add_argument("--use-gpu", action="store_true", help="train on GPUs (bf16 autocast); otherwise CPU fp32")
     p.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker,
                    help="CPUs reserved per worker (fractional on small machines; default: %(default)s)")
@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"accumulation (default: global batch / workers, at most {defaults.micro_batch_size})")
     p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimiser updates (default: %(default)s)")
     p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (paper: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (default: 0)")
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear LR warm-up (default: none)")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="steps of linear LR warm-up, 0 = none (default: %(default)s)")
     p.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
                    help="gradient norm clipping, 0 = off (paper: %(default)s)")
     p.add_argument("--ema-every", type=int, default=defaults.ema_every,
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=defaults.sample_every,
                    help="WAV + mel PNG samples of the EMA weights every N steps (0 = off)")
     p.add_argument("--sample-prompt", action="append", dest="sample_prompts",
-                   help="a prompt for those samples (repeatable; default: a fixed set of four)")
+                   help=f"a prompt for those samples (repeatable; default: {' | '.join(DEFAULT_PROMPTS)})")
     p.add_argument("--sample-steps", type=int, default=defaults.sample_steps,
                    help="Euler steps for samples and evaluation (default: %(default)s)")
     p.add_argument("--sample-cfg", type=float, default=defaults.sample_cfg,
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=defaults.max_failures,
                    help="worker failures Ray Train recovers from by restarting at the last checkpoint")
     p.add_argument("--shuffle-buffer", type=int, default=0,
-                   help="rows in each worker's seeded shuffle buffer (0 = 2048)")
+                   help=f"rows in each worker's seeded shuffle buffer (0 = {DEFAULT_SHUFFLE_ROWS})")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order, noise and dropout")
     p.add_argument("--kit", default="", help="model kit for samples and evaluation (default: the corpus's kit)")
     return p.parse_args(argv)

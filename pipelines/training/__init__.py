@@ -1,0 +1,1 @@
+"""The training program: Ray Train rectified-flow training of FluxMusic from the corpus tables (docs/training.md)."""
