@@ -36,8 +36,8 @@ def write_tiny_corpus(directory: str | Path, *, n_clips: int = 16, kit: str = "t
 
     Every 4th track is in the valid split; rows are spread over `files` Parquet files.
     """
-    from pipelines.models.kits import ensure_tiny_kit, load_kit
     from pipelines.models.encoders import TextEncoder
+    from pipelines.models.kits import ensure_tiny_kit, load_kit
 
     if kit == "tiny":
         ensure_tiny_kit()

@@ -9,15 +9,7 @@ import soundfile as sf
 import torch
 
 from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
-
-
-def _tones(freqs: list[float], rate: int = SAMPLE_RATE, seconds: float = 10.24, seed: int = 0) -> np.ndarray:
-    """Harmonic tones with a little noise: [len(freqs), rate * seconds] float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(rate * seconds))) / rate
-    out = [0.4 * np.sin(2 * np.pi * f * t) + 0.2 * np.sin(2 * np.pi * 2.01 * f * t)
-           + 0.02 * rng.normal(size=t.size) for f in freqs]
-    return np.asarray(out, dtype=np.float32)
+from tests.unit.test_evaluate import _tones
 
 
 def _tiny_checkpoint(folder) -> str:
@@ -85,7 +77,11 @@ def test_evaluate_job_end_to_end(tmp_path):
 
 
 def test_generation_on_ray_matches_in_process(tmp_path, ray_local):
-    from pipelines.evaluation.batch import GenerateBatch, generate_on_ray, generation_batches
+    from pipelines.evaluation.batch import (
+        GenerateBatch,
+        generate_on_ray,
+        generation_batches,
+    )
 
     checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
     batches = generation_batches(["a", "b", "c"], ["calm piano", "loud drums", "soft strings"], 2, seed=3)

@@ -21,11 +21,11 @@ import pytest
 from pipelines import storage
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.pipeline import prepare_corpus
-from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from pipelines.training.checkpoint import list_checkpoints, load_state
 from pipelines.training.config import TrainConfig
 from pipelines.training.run import run_training
 from schemas import CORPUS, QUARANTINE, validate
+from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_tone_track
 from tests.corpus_fixture import write_tiny_corpus
 

@@ -5,45 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-
-import pytest
 
 from pipelines import storage
 from pipelines.corpus import sources
 from pipelines.corpus.frontend import process_track
-
-REAL_MUSIC = "/usr/share/games/asc/music/frontiers.mp3"       # Debian asc-music: 22.05 kHz stereo MP3
-pytestmark = pytest.mark.skipif(not os.path.exists(REAL_MUSIC) or not shutil.which("ffmpeg"),
-                                reason="needs ffmpeg and the Debian asc-music package")
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *args], check=True, timeout=300)
-
-
-def excerpt(path: str, *codec: str, seconds: float = 6.0, start: float = 30.0) -> str:
-    """`seconds` of real music from REAL_MUSIC, encoded with the given ffmpeg output options."""
-    ffmpeg("-ss", str(start), "-t", str(seconds), "-i", REAL_MUSIC, *codec, path)
-    return path
-
-
-CONTAINERS = {
-    "opus.webm": ("-c:a", "libopus", "-b:a", "64k"),
-    "vorbis.mka": ("-c:a", "libvorbis"),
-    "audio_only.mkv": ("-c:a", "flac"),
-    "aac.mp4": ("-c:a", "aac", "-b:a", "96k"),
-    "aac.m4a": ("-c:a", "aac", "-b:a", "96k"),
-    "alac.m4a": ("-c:a", "alac"),
-    "pcm16.aiff": ("-c:a", "pcm_s16be"),
-    "pcm24.wav": ("-c:a", "pcm_s24le"),
-    "float64.wav": ("-c:a", "pcm_f64le"),
-    "u8_8khz.wav": ("-c:a", "pcm_u8", "-ar", "8000", "-ac", "1"),
-    "six_channels.flac": ("-c:a", "flac", "-ac", "6"),
-}
-
-
-UNICODE_NAMES = ["🎵 emoji 🎶.flac", "שיר עברי.flac", "موسيقى.flac", "Zoë – ünïcødé ♪.flac"]
+from tests.unit.test_hostile_inputs import (
+    excerpt,
+)
 
 
 def test_s3_keys_with_spaces_and_unicode(s3_server, tmp_path):

@@ -2,7 +2,6 @@
 bare on a host with a LAN address, without the Makefile's or the tests' environment."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -11,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-
-REPO = Path(__file__).resolve().parents[2]
-LAN_ADDRESS = "198.51.100.7"        # TEST-NET-2: what a host's LAN address looks like, routed nowhere
-MUSIC = "/usr/share/sonic-pi/samples/loop_amen_full.flac"
+from tests.unit.test_loopback import LAN_ADDRESS, MUSIC, REPO, non_loopback
 
 
 def test_workers_see_hf_hub_offline(ray_local):
@@ -23,25 +19,6 @@ def test_workers_see_hf_hub_offline(ray_local):
         return os.environ.get("HF_HUB_OFFLINE")
 
     assert ray_local.get(offline.remote()) == "1"
-
-
-def non_loopback(ss_lines: list[str]) -> list[str]:
-    """The `ss -ltnpH` lines whose local address is outside 127.0.0.0/8 and ::1 (wildcards included)."""
-    bad = []
-    for line in ss_lines:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        host = fields[3].rsplit(":", 1)[0].strip("[]").split("%")[0]
-        try:
-            address = ipaddress.ip_address(host)
-            address = getattr(address, "ipv4_mapped", None) or address      # [::ffff:127.0.0.1]
-            loop = address.is_loopback
-        except ValueError:            # "*" : every interface
-            loop = False
-        if not loop:
-            bad.append(line.strip())
-    return sorted(set(bad))
 
 
 def _can_unshare() -> str:

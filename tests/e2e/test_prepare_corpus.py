@@ -15,8 +15,8 @@ import pytest
 from pipelines import storage
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.pipeline import prepare_corpus
-from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, validate
+from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_hostile_inputs, write_tone_track
 
 

@@ -13,18 +13,16 @@ import pytest
 import soundfile as sf
 
 from pipelines import storage
-from schemas import constants
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.pipeline import prepare_corpus
 from pipelines.corpus.report import charts_of, read_report_data, write_report
 from pipelines.corpus.report.page import render
+from schemas import constants
 from tests.audio_fixtures import write_tone_track
-from tests.chromium import CHROMIUM, check_page
+from tests.chromium import check_page
+from tests.unit.test_report import EVIL_ARTIST, EVIL_CAPTION, EVIL_LICENCE, chromium
 
 # User strings that break a page that does not escape them.
-EVIL_CAPTION = """<script>alert("x")</script> a calm & 'quoted' melody"""
-EVIL_ARTIST = "Ann & <Bob>"
-EVIL_LICENCE = 'CC-BY-4.0 "test" <i>'
 TONE, TWO = "tone & <one>.flac", "it's \"two\".wav"
 
 
@@ -127,9 +125,6 @@ def test_report_of_an_s3_corpus_whose_sources_are_gone(s3_server, tmp_path):
     page = storage.read_bytes(page_uri).decode()
     assert page.count("no audio:") == 4 and "<audio" not in page
     assert "Tag vocabulary" in page and "metadata" in page
-
-
-chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
 
 @chromium

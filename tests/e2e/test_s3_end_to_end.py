@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from pipelines import storage
-from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from pipelines.training.checkpoint import STATE_FILE, list_checkpoints
+from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_tone_track
 from tests.s3server import SECRET_KEY
 

@@ -13,8 +13,8 @@ from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
 def checkpoint(tmp_path_factory):
     """A checkpoint folder in the training layout (state.pt) holding a fresh tiny model."""
     from model import build_model
-    from pipelines.models.kits import ensure_tiny_kit
     from pipelines.models.encoders import TextEncoder
+    from pipelines.models.kits import ensure_tiny_kit
 
     ensure_tiny_kit()
     text = TextEncoder("tiny", device="cpu")

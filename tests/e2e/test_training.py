@@ -11,7 +11,12 @@ import torch
 from pipelines import storage
 from pipelines.training.checkpoint import list_checkpoints, load_state
 from pipelines.training.config import TrainConfig
-from pipelines.training.data import assign_files, batches_per_epoch, rank_micro_batches, scan_corpus
+from pipelines.training.data import (
+    assign_files,
+    batches_per_epoch,
+    rank_micro_batches,
+    scan_corpus,
+)
 from pipelines.training.run import run_training
 from tests.corpus_fixture import write_tiny_corpus
 

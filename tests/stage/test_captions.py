@@ -7,11 +7,8 @@ import importlib.util
 import pytest
 
 from pipelines.corpus import captions
-from pipelines.corpus.captions import (CaptionStage, mix_captions)
-
-TAGS = [{"tag": "rock", "source": "metadata", "score": 1.0}, {"tag": "electric guitar", "source": "clap", "score": 0.3},
-        {"tag": "fast tempo", "source": "signal", "score": 0.8}, {"tag": "A minor", "source": "signal", "score": 0.9},
-        {"tag": "loud", "source": "signal", "score": 1.0}, {"tag": "energetic", "source": "metadata", "score": 1.0}]
+from pipelines.corpus.captions import CaptionStage, mix_captions
+from tests.unit.test_captions import TAGS
 
 
 def test_caption_stage_and_mix_on_ray_with_tiny_llm(ray_local):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-
 from pipelines import storage
 from pipelines.corpus import dedup
 

@@ -7,16 +7,12 @@ import time
 import uuid
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
 from pipelines import storage
 from tests.s3server import SECRET_KEY, S3Server
-
-
-def small_table(n: int = 5) -> pa.Table:
-    return pa.table({"clip_id": [f"c{i:03d}" for i in range(n)], "value": np.arange(n, dtype=np.float32)})
+from tests.unit.test_storage import small_table
 
 
 def test_s3_roundtrip_bytes_parquet_list(s3_server):

@@ -4,43 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from schemas import constants
 from pipelines.corpus import tags
-
-SR = constants.SAMPLE_RATE
-
-
-def click_track(bpm: float, seconds: float = constants.CLIP_SECONDS) -> np.ndarray:
-    """A decaying 1 kHz click on every beat."""
-    y = np.zeros(int(SR * seconds), np.float32)
-    t = np.arange(int(0.02 * SR)) / SR
-    click = (np.sin(2 * np.pi * 1000 * t) * np.exp(-t * 200)).astype(np.float32)
-    for start in np.arange(0, seconds, 60.0 / bpm):
-        i = int(start * SR)
-        y[i:i + len(click)] += click[:len(y) - i]
-    return 0.8 * y
-
-
-def chords(progression: list[list[int]], seconds_each: float = 1.28, level: float = 0.3) -> np.ndarray:
-    """MIDI-note triads with one overtone each, played one after another."""
-    t = np.arange(int(SR * seconds_each)) / SR
-    hz = lambda m: 440.0 * 2 ** ((m - 69) / 12)  # noqa: E731
-    parts = [sum(np.sin(2 * np.pi * hz(m) * t) + 0.3 * np.sin(4 * np.pi * hz(m) * t) for m in c) / len(c)
-             for c in progression]
-    return (level * np.concatenate(parts)).astype(np.float32)
-
-
-A_MINOR = [[57, 60, 64], [62, 65, 69], [64, 68, 71], [57, 60, 64], [53, 57, 60], [62, 65, 69], [64, 68, 71], [57, 60, 64]]
-
-
-C_MAJOR = [[60, 64, 67], [65, 69, 72], [67, 71, 74], [60, 64, 67], [57, 60, 64], [65, 69, 72], [67, 71, 74], [60, 64, 67]]
-
-
-NOISE = np.random.default_rng(0).normal(0, 0.1, constants.CLIP_SAMPLES).astype(np.float32)
-
-
-def words(tag_list: list[dict]) -> list[str]:
-    return [t["tag"] for t in tag_list]
+from schemas import constants
+from tests.unit.test_tags import A_MINOR, NOISE, SR, chords, click_track, words
 
 
 def _row(i: int, audio: np.ndarray, metadata: dict, reason: str = "") -> dict:

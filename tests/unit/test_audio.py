@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from pipelines.corpus.demo import synth_track
 from pipelines.corpus import audio
+from pipelines.corpus.demo import synth_track
 from schemas import constants as C
 from tests.audio_fixtures import write_tone_track
 

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from pipelines.corpus import captions
+from pipelines.corpus.captions import (
+    CaptionStage,
+    build_messages,
+    caption_plan,
+    clean_caption,
+    mix_captions,
+    mix_report,
+)
 from schemas import constants
-from pipelines.corpus.captions import (CaptionStage, build_messages, caption_plan, clean_caption, mix_captions,
-                                mix_report)
 
 TAGS = [{"tag": "rock", "source": "metadata", "score": 1.0}, {"tag": "electric guitar", "source": "clap", "score": 0.3},
         {"tag": "fast tempo", "source": "signal", "score": 0.8}, {"tag": "A minor", "source": "signal", "score": 0.9},

@@ -1,8 +1,6 @@
 """Duplicate tracks: the kept copy follows the documented rule, whatever the order of claims, across runs and restarts."""
 from __future__ import annotations
 
-
-
 from pipelines.corpus import dedup
 
 

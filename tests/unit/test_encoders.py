@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.constants import CLIP_SAMPLES
 from pipelines.corpus.encode import TextStage, VaeStage
 from pipelines.models.encoders import ClapEmbedder, MelDecoder, TextEncoder, Vocoder
+from schemas.constants import CLIP_SAMPLES
 
 
 @pytest.fixture(scope="module")

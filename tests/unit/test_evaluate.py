@@ -95,8 +95,7 @@ def test_score_against_itself_and_against_other_audio(evaluator):
 
 
 def test_prompt_sets_txt_jsonl_and_corpus(tmp_path):
-    from pipelines.evaluation.prompts import read_prompt_file
-    from pipelines.evaluation.prompts import read_corpus
+    from pipelines.evaluation.prompts import read_corpus, read_prompt_file
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
     ps = read_prompt_file(str(tmp_path / "p.txt"))

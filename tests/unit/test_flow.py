@@ -5,7 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from model import build_model, latent_ids, pad_text, patchify, rectified_flow_loss, sample, unpatchify, velocity
+from model import (
+    build_model,
+    latent_ids,
+    pad_text,
+    patchify,
+    rectified_flow_loss,
+    sample,
+    unpatchify,
+    velocity,
+)
 from model.sampler import cfg_batch
 
 CTX, VEC = 24, 12

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas import constants as C
 from pipelines.corpus import quality, sources
 from pipelines.corpus.frontend import process_track
+from schemas import constants as C
 from schemas import tables
 from tests.audio_fixtures import write_hostile_inputs, write_tone_track
 

@@ -6,8 +6,17 @@ import math
 import pytest
 import torch
 
-from model import (SIZES, FluxMusic, FluxParams, build_model, count_parameters, latent_ids, model_flops_per_sample,
-                   table1_gflops, text_ids)
+from model import (
+    SIZES,
+    FluxMusic,
+    FluxParams,
+    build_model,
+    count_parameters,
+    latent_ids,
+    model_flops_per_sample,
+    table1_gflops,
+    text_ids,
+)
 from model.layers import apply_rope, rope_angles, timestep_embedding
 
 CTX, VEC = 24, 12   # small text dims keep the tiny model cheap

@@ -1,7 +1,6 @@
 """The corpus data card on a real small corpus (prepare_corpus, tiny kit, real audio), opened in real Chromium."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

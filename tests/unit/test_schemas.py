@@ -1,7 +1,15 @@
 import pyarrow as pa
 import pytest
 
-from schemas import CORPUS, QUARANTINE, SCHEMA_VERSION, TABLES, SchemaError, conform, validate
+from schemas import (
+    CORPUS,
+    QUARANTINE,
+    SCHEMA_VERSION,
+    TABLES,
+    SchemaError,
+    conform,
+    validate,
+)
 
 
 def quarantine_rows(n=2):

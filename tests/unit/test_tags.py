@@ -4,9 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schemas import constants
 from pipelines.corpus import tags
-from pipelines.corpus.tags import descriptor_tags, metadata_tags, music_vocabulary, signal_descriptors
+from pipelines.corpus.tags import (
+    descriptor_tags,
+    metadata_tags,
+    music_vocabulary,
+    signal_descriptors,
+)
+from schemas import constants
 
 SR = constants.SAMPLE_RATE
 

@@ -1,7 +1,6 @@
 """Ray Train training on a tiny corpus: 2-worker DDP and FSDP, checkpoints (keep K, weights_only), exact resume."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
-
 REPO = Path(__file__).resolve().parents[2]
 TRACK_SECONDS = (21.0, 12.0, 16.0, 6.0)          # 2 clips + tail, 1 + short tail, 1 + padded tail, 1
 
