@@ -9,53 +9,41 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-import argparse
-import json
+import argparse  # noqa: E402
 
-from pipelines import storage
+from pipelines.evaluation.samples import SampleConfig, read_prompt_lines, write_samples  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> SampleConfig:
+    defaults = SampleConfig(checkpoint="", output="")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder or its state.pt (local or s3://)")
-    p.add_argument("--prompt", action="append", default=[], help="repeatable")
-    p.add_argument("--prompts", help="text file, one prompt per line")
-    p.add_argument("--output", required=True, help="folder or s3:// prefix")
-    p.add_argument("--cfg", type=float, default=3.5)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encoders", default="t5,clap", help="t5,clap | t5 | clap (a left-out encoder gets its null)")
-    p.add_argument("--weights", default="ema", choices=["ema", "model"])
-    p.add_argument("--kit", default="", help="default: the kit recorded in the checkpoint")
-    p.add_argument("--device", default=None)
-    return p.parse_args(argv)
-
-
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt)
-    if args.prompts:
-        prompts += [line.strip() for line in storage.read_bytes(args.prompts).decode().splitlines() if line.strip()]
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder, its state.pt, or a run folder (its latest checkpoint); local or s3://")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="text file, one prompt per line (added after the --prompt ones)")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for NNN.wav, NNN.png, prompts.json")
+    p.add_argument("--cfg", type=float, default=defaults.cfg, help="classifier-free guidance scale (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="Euler steps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="noise seed (default: %(default)s)")
+    p.add_argument("--encoders", default=defaults.encoders,
+                   help="t5,clap | t5 | clap: a left-out encoder gets its null embedding (default: %(default)s)")
+    p.add_argument("--weights", default=defaults.weights, choices=["ema", "model"],
+                   help="checkpoint weights (default: %(default)s)")
+    p.add_argument("--kit", default="", help="model kit (default: the kit recorded in the checkpoint)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    a = p.parse_args(argv)
+    prompts = list(a.prompt) + (read_prompt_lines(a.prompts) if a.prompts else [])
     if not prompts:
-        raise SystemExit("give at least one --prompt or a --prompts file")
-    return prompts
+        p.error("give at least one --prompt or a --prompts file")
+    return SampleConfig(checkpoint=a.checkpoint, output=a.output, prompts=prompts, cfg=a.cfg, steps=a.steps,
+                        seed=a.seed, encoders=a.encoders, weights=a.weights, kit=a.kit, device=a.device)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines.evaluation.generate import Generator, load_checkpoint_state, save_mel_png, save_wav
-
-    args = parse_args(argv)
-    prompts = read_prompts(args)
-    kit = args.kit or load_checkpoint_state(args.checkpoint)["model_config"]["kit"]
-    generator = Generator(kit, args.checkpoint, weights=args.weights, encoders=args.encoders, device=args.device)
-    audio, mel = generator.generate(prompts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, return_mel=True)
-    for i, prompt in enumerate(prompts):
-        save_wav(storage.join(args.output, f"{i:03d}.wav"), audio[i])
-        save_mel_png(storage.join(args.output, f"{i:03d}.png"), mel[i], title=prompt)
-    settings = {"checkpoint": args.checkpoint, "prompts": prompts, "cfg": args.cfg, "steps": args.steps,
-                "seed": args.seed, "encoders": args.encoders, "weights": args.weights, "kit": kit}
-    storage.write_bytes_atomic(storage.join(args.output, "prompts.json"), json.dumps(settings, indent=2).encode())
-    print(f"wrote {len(prompts)} clips to {args.output}")
+    config = parse_args(argv)
+    wavs = write_samples(config)
+    print(f"wrote {len(wavs)} clips to {config.output}")
     return 0
 
 

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 from dataclasses import fields
 
-from pipelines.training.config import DEFAULT_PROMPTS, DEFAULT_SHUFFLE_ROWS, TrainConfig
+from pipelines.training.config import DEFAULT_PROMPTS, DEFAULT_SHUFFLE_ROWS, TrainConfig, default_micro_batch_size
 from pipelines.training.run import run_training
 
 
@@ -89,9 +89,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["sample_prompts"] = args.sample_prompts or list(DEFAULT_PROMPTS)
     if not args.micro_batch_size:
-        per_worker = max(1, args.global_batch_size // args.num_workers)
-        values["micro_batch_size"] = max(d for d in range(1, min(per_worker, TrainConfig.micro_batch_size) + 1)
-                                         if per_worker % d == 0)
+        values["micro_batch_size"] = default_micro_batch_size(args.global_batch_size, args.num_workers,
+                                                              TrainConfig.micro_batch_size)
     return TrainConfig(**values)
 
 

@@ -66,3 +66,9 @@ def accumulation_steps(global_batch_size: int, micro_batch_size: int, num_worker
 
 def learning_rate_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def default_micro_batch_size(global_batch_size: int, num_workers: int, cap: int) -> int:
+    """The largest micro batch <= cap that divides each worker's share of the global batch."""
+    per_worker = max(1, global_batch_size // num_workers)
+    return max(d for d in range(1, min(per_worker, cap) + 1) if per_worker % d == 0)
