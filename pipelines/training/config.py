@@ -69,6 +69,8 @@ def learning_rate_factor(step: int, warmup_steps: int) -> float:
 
 
 def default_micro_batch_size(global_batch_size: int, num_workers: int, cap: int) -> int:
-    """The largest micro batch <= cap that divides each worker's share of the global batch."""
-    per_worker = max(1, global_batch_size // num_workers)
-    return max(d for d in range(1, min(per_worker, cap) + 1) if per_worker % d == 0)
+    """The largest micro batch <= cap with global = micro x accumulation x workers exactly."""
+    fits = [d for d in range(1, cap + 1) if global_batch_size % (d * num_workers) == 0]
+    if not fits:
+        raise ValueError(f"a global batch of {global_batch_size} cannot be split evenly over {num_workers} workers")
+    return max(fits)

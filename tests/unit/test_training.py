@@ -29,3 +29,15 @@ def test_batch_arithmetic_ema_and_buckets():
     assert torch.allclose(ema[0], torch.full((3,), 0.1))
     sums, counts = t_bucket_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.1, 0.3, 0.99]))
     assert sums.tolist() == [1.0, 2.0, 0.0, 3.0] and counts.tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_default_micro_batch_divides_the_global_batch_over_the_workers():
+    from pipelines.training.config import default_micro_batch_size
+
+    assert default_micro_batch_size(128, 1, 16) == 16
+    assert default_micro_batch_size(128, 8, 16) == 16
+    assert default_micro_batch_size(8, 2, 16) == 4
+    micro = default_micro_batch_size(126, 3, 16)          # 42 per worker: 14 fits, 16 does not
+    assert micro == 14 and accumulation_steps(126, micro, 3) == 3
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        default_micro_batch_size(128, 3, 16)
