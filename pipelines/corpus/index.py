@@ -177,12 +177,8 @@ def track_items(entries: pa.Table) -> pa.Table:
 
 def sum_map(column: pa.ChunkedArray) -> dict[str, int]:
     """Sum a map<string, int64> column over rows: {key: total}."""
-    flat = pc.list_flatten(column) if len(column) else None
-    if flat is None or not len(flat):
-        return {}
-    flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
-    keys, values = flat.field(0).to_pylist(), flat.field(1).to_pylist()
     out: Counter = Counter()
-    for k, v in zip(keys, values):
-        out[k] += v
+    for chunk in column.chunks:
+        for k, v in zip(chunk.keys.to_pylist(), chunk.items.to_pylist()):   # every row's pairs, flattened
+            out[k] += v
     return dict(sorted(out.items()))
