@@ -87,23 +87,22 @@ def _read_many(uris: list[str], read) -> list:
         return list(pool.map(read, uris))
 
 
-def _read_entry(uri: str) -> pa.Table:
-    return storage.read_parquet(uri)
-
-
 @dataclass
 class OutputIndex:
     """Every trusted entry of an output (`entries`), and which index files have been read (each once a run)."""
     output: str
-    entries: pa.Table = field(default_factory=SHARD_INDEX.empty_table)
+    entries: pa.Table | None = None
     read: set[str] = field(default_factory=set)
     healed: int = 0                       # shards read in full because no trusted entry described them
+    columns: list[str] | None = None      # read only these entry columns (training needs no item ids)
 
     @classmethod
-    def load(cls, output: str, heal: bool = True) -> "OutputIndex":
+    def load(cls, output: str, heal: bool = True, columns: list[str] | None = None) -> "OutputIndex":
         import os
 
-        index = cls(output if storage.is_s3(output) else os.path.abspath(output))   # URIs as listings give them
+        index = cls(output if storage.is_s3(output) else os.path.abspath(output), columns=columns)   # URIs as listings give them
+        empty = SHARD_INDEX.empty_table()
+        index.entries = empty.select(columns) if columns else empty
         index.refresh(heal=heal)
         return index
 
@@ -119,7 +118,7 @@ class OutputIndex:
         """Read the index files not read yet, drop entries whose shard is gone or changed, and (heal) write an
         entry for every shard that has none."""
         new = sorted(set(storage.list_files(storage.join(self.output, INDEX_DIR), ".parquet")) - self.read)
-        tables = [self.entries] + _read_many(new, _read_entry)
+        tables = [self.entries] + _read_many(new, lambda uri: storage.read_parquet(uri, columns=self.columns))
         self.read |= set(new)
         entries = pa.concat_tables(tables) if len(tables) > 1 else self.entries
         sizes = self.shard_sizes()

@@ -111,7 +111,8 @@ def indexed_files(data: str, sizes: dict[str, int]) -> dict[str, CorpusFile]:
     from pipelines.corpus.index import OutputIndex
 
     by_name = {f"{CORPUS_DIR}/{uri.rsplit('/', 1)[-1]}": uri for uri in sizes}
-    entries = OutputIndex.load(data, heal=False).table(CORPUS_DIR)
+    entries = OutputIndex.load(data, heal=False, columns=["shard", "table", "bytes", "train_rows", "valid_rows"]
+                               ).table(CORPUS_DIR)
     out = {}
     for shard, train, valid in zip(entries["shard"].to_pylist(), entries["train_rows"].to_pylist(),
                                    entries["valid_rows"].to_pylist()):
