@@ -3,8 +3,9 @@
     python jobs/prepare_corpus.py --input demo/ --output out/corpus-demo
     ray job submit --working-dir . -- python jobs/prepare_corpus.py --input s3://music/raw --output s3://music/corpus --kit paper
 
-Writes OUTPUT/corpus/*.parquet (one row per 10.24 s clip: VAE posterior, tags, captions, T5 + CLAP embeddings),
-OUTPUT/quarantine/*.parquet (every input or clip that was rejected, with stage and reason),
+Writes OUTPUT/corpus/*.parquet (shards of ~1,000 rows, one row per 10.24 s clip: VAE posterior, tags, captions,
+T5 + CLAP embeddings), OUTPUT/quarantine/*.parquet (every input or clip that was rejected, with stage and reason),
+OUTPUT/index/*.parquet (one small entry per shard: what resume, the manifest and training read),
 OUTPUT/null_text/null_text.parquet (the empty-caption embeddings) and OUTPUT/manifest.json (the account).
 Re-running on the same OUTPUT skips what is complete and adds new inputs.
 """
@@ -19,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from schemas import constants  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
-from pipelines.corpus.config import CorpusConfig  # noqa: E402
+from pipelines.corpus import config as corpus_config  # noqa: E402
+from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources  # noqa: E402
 from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
 from pipelines.corpus.report import write_report  # noqa: E402
 
@@ -54,13 +56,38 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                    help="GPUs per model-stage actor: 0 runs the models on CPU (default: %(default)s)")
     p.add_argument("--cpus-per-actor", type=float, default=defaults.cpus_per_actor,
                    help="CPUs reserved per model-stage actor (fractional on small machines; default: %(default)s)")
+    p.add_argument("--writers", type=int, default=2,
+                   help="writer actors, each filling its own shards (default: %(default)s; or --stage-resources writer=actors:N)")
+    p.add_argument("--shard-rows", type=int, default=corpus_config.SHARD_ROWS,
+                   help="a corpus shard is committed at this many rows ... (default: %(default)s)")
+    p.add_argument("--shard-mb", type=float, default=corpus_config.SHARD_BYTES / 2**20,
+                   help="... or at this many MiB of Arrow data, whichever comes first (default: %(default)s)")
+    p.add_argument("--row-group-rows", type=int, default=corpus_config.ROW_GROUP_ROWS,
+                   help="Parquet row group size of the shards (default: %(default)s)")
+    p.add_argument("--stage-resources", action="append", default=[], metavar="STAGE=KEY:VALUE,...",
+                   help="resources of one stage, e.g. vae=gpus:1,actors:8,corpus_gpu:0.01 (keys cpus, gpus, actors, "
+                        "memory; any other key is a custom Ray resource). Stages: " + ", ".join(corpus_config.STAGES)
+                        + ". Repeatable; wins over --resources")
+    p.add_argument("--resources", metavar="FILE", default=None,
+                   help="YAML/JSON {stage: {cpus, gpus, actors, memory, resources: {name: amount}}}; "
+                        "corpus_resources.yaml is the one for ray_cluster.yaml")
     a = p.parse_args(argv)
+    stages: dict[str, dict] = {}
+    if a.resources:
+        with open(a.resources) as f:
+            stages = load_stage_resources(f.read())
+    for stage, fields in parse_stage_resources(a.stage_resources).items():
+        merged = {**stages.get(stage, {}), **fields}
+        if "resources" in fields and "resources" in stages.get(stage, {}):
+            merged["resources"] = {**stages[stage]["resources"], **fields["resources"]}
+        stages[stage] = merged
     return CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
                         silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction,
                         original_caption_probability=a.original_caption_probability,
                         caption_backend=a.caption_backend, seed=a.seed, batch_size=a.batch_size,
                         actors_per_stage=a.actors_per_stage, gpus_per_actor=a.gpus_per_actor,
-                        cpus_per_actor=a.cpus_per_actor)
+                        cpus_per_actor=a.cpus_per_actor, writers=a.writers, shard_rows=a.shard_rows,
+                        shard_bytes=int(a.shard_mb * 2**20), row_group_rows=a.row_group_rows, stage_resources=stages)
 
 
 def main(argv: list[str] | None = None) -> int:

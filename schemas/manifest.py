@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 CORPUS_DIR, QUARANTINE_DIR, NULL_TEXT_DIR = "corpus", "quarantine", "null_text"
+INDEX_DIR = "index"              # one small shard_index Parquet per committed shard: index/<table>-<24 hex>.parquet
 MANIFEST = "manifest.json"
 NULL_TEXT_FILE = "null_text.parquet"
 

@@ -79,7 +79,33 @@ NULL_TEXT = _schema("null_text", [
     pa.field("clap", pa.binary(), nullable=False),
 ])
 
-TABLES = {s.metadata[_META_NAME].decode(): s for s in (CLIPS, QUARANTINE, CORPUS, NULL_TEXT)}
+# One entry of a track inside one shard: enough for resume (items held vs track_clip_count) and dedup.
+SHARD_TRACK = pa.struct([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("track_clip_count", pa.int32(), nullable=False),
+    pa.field("content_hash", pa.string(), nullable=False),   # "" in quarantine shards (no decoded audio kept)
+    pa.field("item_ids", pa.list_(pa.string()), nullable=False),
+])
+
+# The shard index: one row per committed corpus/ or quarantine/ shard, written beside it (OUT/index/), so that
+# resume, the account, the manifest and training read O(shards) small rows instead of every shard.
+SHARD_INDEX = _schema("shard_index", [
+    pa.field("shard", pa.string(), nullable=False),          # path relative to the output: corpus/<24 hex>.parquet
+    pa.field("table", pa.string(), nullable=False),          # "corpus" | "quarantine"
+    pa.field("bytes", pa.int64(), nullable=False),           # the shard's file size: a cheap whole-file check
+    pa.field("rows", pa.int64(), nullable=False),
+    pa.field("train_rows", pa.int64(), nullable=False),
+    pa.field("valid_rows", pa.int64(), nullable=False),
+    pa.field("duration_seconds", pa.float64(), nullable=False),   # real audio of the kept clips
+    pa.field("caption_sources", pa.map_(pa.string(), pa.int64()), nullable=False),
+    pa.field("reasons", pa.map_(pa.string(), pa.int64()), nullable=False),   # quarantine rows per reason
+    pa.field("latent_sum", pa.float64(), nullable=False),    # over every latent_mean value of the shard
+    pa.field("latent_sumsq", pa.float64(), nullable=False),
+    pa.field("latent_count", pa.int64(), nullable=False),
+    pa.field("tracks", pa.list_(SHARD_TRACK), nullable=False),
+])
+
+TABLES = {s.metadata[_META_NAME].decode(): s for s in (CLIPS, QUARANTINE, CORPUS, NULL_TEXT, SHARD_INDEX)}
 
 
 class SchemaError(ValueError):

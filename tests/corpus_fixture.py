@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
+from pipelines.corpus.index import entry_of, write_entry
 from schemas.constants import CLIP_SECONDS, LATENT_SHAPE
 from schemas.tables import CORPUS, NULL_TEXT, SCHEMA_VERSION, conform
 
@@ -31,8 +32,9 @@ def _fp16(array) -> bytes:
 
 
 def write_tiny_corpus(directory: str | Path, *, n_clips: int = 16, kit: str = "tiny", seed: int = 0,
-                      clips_per_track: int = 2, files: int = 2) -> dict:
-    """Write DIR/corpus/*.parquet, DIR/null_text/null_text.parquet, DIR/manifest.json; return the manifest.
+                      clips_per_track: int = 2, files: int = 2, index: bool = True) -> dict:
+    """Write DIR/corpus/*.parquet (+ DIR/index/ entries), DIR/null_text/null_text.parquet, DIR/manifest.json;
+    return the manifest.
 
     Every 4th track is in the valid split; rows are spread over `files` Parquet files.
     """
@@ -70,7 +72,10 @@ def write_tiny_corpus(directory: str | Path, *, n_clips: int = 16, kit: str = "t
         })
     for part, chunk in enumerate(np.array_split(np.arange(n_clips), files)):
         table = conform(pa.Table.from_pylist([rows[j] for j in chunk]), CORPUS)
-        storage.write_parquet_atomic(table, storage.join(directory, "corpus", f"part-{part:03d}.parquet"))
+        shard = f"corpus/part-{part:03d}.parquet"
+        nbytes = storage.write_parquet_atomic(table, storage.join(directory, shard))
+        if index:                     # as prepare_corpus writes it; without it training falls back to a scan
+            write_entry(directory, entry_of(table, "corpus", shard, nbytes))
     null = conform(pa.table({"t5": [_fp16(null_t5[0])], "t5_length": [int(null_t5[0].shape[0])],
                              "clap": [_fp16(null_clap[0])]}), NULL_TEXT)
     storage.write_parquet_atomic(null, storage.join(directory, "null_text", "null_text.parquet"))

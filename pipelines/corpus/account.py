@@ -1,34 +1,41 @@
 """The account of a corpus output: manifest.json (counts, quarantine by reason, mix, latent statistics) and
-its printed form. It is computed from the tables themselves, so it covers earlier runs too."""
+its printed form. It is computed from the shard index (one entry per committed shard), so it covers earlier
+runs too and costs O(shards)."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict
 
 import numpy as np
 
-from pipelines import storage
 from pipelines.corpus.captions import mix_report
 from pipelines.corpus.config import CorpusConfig
-from pipelines.corpus.ledger import ledger_of, read_account
+from pipelines.corpus.index import OutputIndex, sum_map
+from pipelines.corpus.ledger import ledger_of
 from schemas import SCHEMA_VERSION, constants
-from schemas.manifest import MANIFEST
+from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 
 
-def build_manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, latent: np.ndarray,
-              run: Counter, wall: float) -> dict:
-    """The account over the whole output (earlier runs included), from the tables themselves."""
-    corpus, quarantine = read_account(config.output)
-    ledger = ledger_of(corpus, quarantine)
-    previous = _previous_manifest(config.output)
-    stats = np.asarray(previous.get("latent_stats", {}).get("_sums", [0.0, 0.0, 0]), float) + latent
-    mean = stats[0] / stats[2] if stats[2] else 0.0
-    std = float(np.sqrt(max(stats[1] / stats[2] - mean**2, 0.0))) if stats[2] else 0.0
+def latent_stats(sums: np.ndarray, sumsqs: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of every latent value from per-shard sums, sums of squares and counts (pure)."""
+    total = float(np.sum(counts))
+    if not total:
+        return 0.0, 0.0
+    mean = float(np.sum(sums)) / total
+    return mean, float(np.sqrt(max(float(np.sum(sumsqs)) / total - mean**2, 0.0)))
+
+
+def build_manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, index: OutputIndex,
+                   run: Counter, wall: float) -> dict:
+    """The account over the whole output (earlier runs included), from the shard index."""
+    ledger = ledger_of(index)
+    corpus, quarantine = index.table(CORPUS_DIR), index.table(QUARANTINE_DIR)
+    mean, std = latent_stats(*(corpus[c].to_numpy() for c in ("latent_sum", "latent_sumsq", "latent_count")))
     scaling = vae_scaling_factor(kit)
     sources_by_id = {s["track_id"] for s in sources}
     incomplete = sorted(t for t in sources_by_id if not ledger.complete(t))
-    hours = sum(corpus["duration_seconds"]) / 3600
+    hours = float(np.sum(corpus["duration_seconds"].to_numpy())) / 3600
+    splits = {"train": int(np.sum(corpus["train_rows"].to_numpy())), "valid": int(np.sum(corpus["valid_rows"].to_numpy()))}
     return {
         "schema_version": SCHEMA_VERSION,
         "kit": config.kit,
@@ -38,19 +45,19 @@ def build_manifest(config: CorpusConfig, kit, sources: list[dict], dims: dict, l
         "config": asdict(config),
         "counts": {
             "inputs": len(sources),
-            "tracks_ok": len(set(corpus["track_id"]) & sources_by_id),
-            "clips": len(corpus["track_id"]),
+            "tracks_ok": len(ledger.corpus_tracks & sources_by_id),
+            "clips": int(np.sum(corpus["rows"].to_numpy())),
             "hours": round(hours, 4),
-            "quarantined": dict(sorted(Counter(quarantine["reason"]).items())),
+            "quarantined": sum_map(quarantine["reasons"]),
             "incomplete_tracks": len(incomplete),
             "this_run": {"items": run["items"], "clips": run["clips"]},
         },
         "incomplete": incomplete[:100],
-        "splits": dict(Counter(corpus["split"])),
-        "caption_mix": {**mix_report(corpus["caption_source"]),
+        "shards": {"corpus": corpus.num_rows, "quarantine": quarantine.num_rows},
+        "splits": {k: v for k, v in splits.items() if v},
+        "caption_mix": {**mix_report(Counter(sum_map(corpus["caption_sources"])).elements()),
                         "target_original_probability": config.original_caption_probability},
-        "latent_stats": {"mean": mean, "std": std, "scaled_std": std * scaling,
-                         "_sums": stats.tolist()},
+        "latent_stats": {"mean": mean, "std": std, "scaled_std": std * scaling},   # recomputed from the shards
         "wall_seconds": round(wall, 2),
         "throughput": {"clips_per_second": round(run["clips"] / wall, 3) if wall else 0.0,
                        "audio_seconds_per_second": round(run["clips"] * constants.CLIP_SECONDS / wall, 2) if wall else 0.0},
@@ -64,11 +71,6 @@ def vae_scaling_factor(kit) -> float:
     ref = kit.vae
     config = AutoencoderKL.load_config(ref.location(), **({"subfolder": ref.subfolder} if ref.subfolder else {}))
     return float(config["scaling_factor"])
-
-
-def _previous_manifest(output: str) -> dict:
-    uri = storage.join(output, MANIFEST)
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else {}
 
 
 def format_account(manifest: dict) -> str:

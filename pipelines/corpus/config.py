@@ -1,9 +1,43 @@
-"""What a corpus run is asked to do: `CorpusConfig` (inputs, output, kit, gates, caption mix, resources)."""
+"""What a corpus run is asked to do: `CorpusConfig` (inputs, output, kit, gates, caption mix, shards, resources)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from schemas import constants
+
+# Every stage of the pipeline, in order (docs/architecture.md "Batches between stages").
+STAGES = ("frontend", "mel", "vae", "descriptors", "tags", "captions", "mix", "text", "writer")
+MODEL_STAGES = ("vae", "tags", "captions", "text")          # actors that load a model
+RESOURCE_KEYS = ("cpus", "gpus", "actors", "memory")         # any other key is a custom Ray resource
+
+# Shard targets for the paper kit (docs/corpus.md §3): ~612 KiB a clip at 60 T5 tokens, so 512 MiB is
+# ~860 clips; 1,024 rows caps shards of short captions. Row groups of 64 clips (~38 MiB) read well.
+SHARD_ROWS = 1024
+SHARD_BYTES = 512 * 2**20
+ROW_GROUP_ROWS = 64
+QUARANTINE_SHARD_ROWS = 8192   # quarantine rows are a few hundred bytes: sharded by count alone
+
+
+@dataclass
+class StageResources:
+    """What one stage asks Ray for: CPUs and GPUs per task or actor, the actor-pool size (0: plain tasks),
+    memory per actor in bytes (0: unset), and custom node resources such as {"corpus_gpu": 0.01}."""
+    cpus: float = 1.0
+    gpus: float = 0.0
+    actors: int = 0
+    memory: int = 0
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def ray_options(self) -> dict:
+        """num_cpus / num_gpus / memory / resources as map_batches and .options() take them."""
+        out: dict = {"num_cpus": self.cpus}
+        if self.gpus:
+            out["num_gpus"] = self.gpus
+        if self.memory:
+            out["memory"] = self.memory
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        return out
 
 
 @dataclass
@@ -19,6 +53,66 @@ class CorpusConfig:
     caption_backend: str = "transformers"   # or "vllm" (GPU clusters)
     seed: int = 0
     batch_size: int = 8
-    actors_per_stage: int = 1
+    actors_per_stage: int = 1              # defaults of the model stages; stage_resources overrides per stage
     cpus_per_actor: float = 0.5            # fractional: whole-CPU actors starve the CPU tasks on small machines
     gpus_per_actor: float = 0.0
+    writers: int = 2                       # writer actors, each filling its own shards
+    shard_rows: int = SHARD_ROWS
+    shard_bytes: int = SHARD_BYTES
+    row_group_rows: int = ROW_GROUP_ROWS
+    quarantine_shard_rows: int = QUARANTINE_SHARD_ROWS
+    stage_resources: dict[str, dict] = field(default_factory=dict)   # stage -> StageResources fields
+
+    def stage(self, name: str) -> StageResources:
+        """The resources of one stage: its default, then this config's overrides."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        base = default_resources(self)[name]
+        return StageResources(**{**asdict(base), **self.stage_resources.get(name, {})})
+
+
+def default_resources(config: CorpusConfig) -> dict[str, StageResources]:
+    """Model stages: an actor pool each (actors_per_stage x cpus/gpus_per_actor); CPU stages: tasks."""
+    model = dict(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.actors_per_stage)
+    return {"frontend": StageResources(cpus=1.0), "mel": StageResources(cpus=1.0),
+            "descriptors": StageResources(cpus=1.0), "mix": StageResources(cpus=0.25),
+            **{name: StageResources(**model) for name in MODEL_STAGES},
+            "writer": StageResources(cpus=0.25, actors=config.writers)}
+
+
+def parse_stage_resources(specs: list[str]) -> dict[str, dict]:
+    """`["vae=gpus:1,actors:8,corpus_gpu:0.01", "writer=actors:4"]` -> {stage: StageResources fields}.
+    Keys other than cpus/gpus/actors/memory are custom Ray resources."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        stage, _, rest = spec.partition("=")
+        stage = stage.strip()
+        if stage not in STAGES or not rest:
+            raise ValueError(f"--stage-resources {spec!r}: expected STAGE=key:value,... with STAGE in {', '.join(STAGES)}")
+        entry = out.setdefault(stage, {})
+        for pair in rest.split(","):
+            key, _, value = pair.partition(":")
+            key = key.strip()
+            if not value:
+                raise ValueError(f"--stage-resources {spec!r}: {pair!r} is not key:value")
+            if key in RESOURCE_KEYS:
+                entry[key] = int(float(value)) if key in ("actors", "memory") else float(value)
+            else:
+                entry.setdefault("resources", {})[key] = float(value)
+    return out
+
+
+def load_stage_resources(text: str) -> dict[str, dict]:
+    """A --resources file (YAML or JSON): {stage: {cpus, gpus, actors, memory, resources: {name: amount}}}."""
+    import yaml   # YAML is a superset of JSON: one parser for both
+
+    data = yaml.safe_load(text) or {}
+    out: dict[str, dict] = {}
+    for stage, fields in data.items():
+        if stage not in STAGES:
+            raise ValueError(f"resources file: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        unknown = set(fields) - set(RESOURCE_KEYS) - {"resources"}
+        if unknown:
+            raise ValueError(f"resources file: stage {stage!r} has unknown keys {sorted(unknown)}")
+        out[stage] = dict(fields)
+    return out

@@ -1,60 +1,53 @@
-"""What an output already holds, for resume and the account: item ids per track, expected counts, kept hashes.
+"""What an output already holds, for resume and the account: items held per track, expected counts, kept hashes.
 
 A track is complete when corpus/ and quarantine/ together hold `track_clip_count` rows of it; a re-run skips
-complete tracks and the finished clips of incomplete ones, so nothing is computed or written twice.
+complete tracks and the finished clips of incomplete ones, so nothing is computed or written twice. Everything
+here comes from the shard index (`pipelines/corpus/index.py`), never from the shards themselves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipelines import storage
-from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
+from pipelines.corpus.index import OutputIndex, track_items
+from schemas.manifest import CORPUS_DIR
 
 
 @dataclass
 class Ledger:
-    """What an output already holds: item ids per track, expected counts, content hashes of kept tracks."""
-    items: dict[str, set[str]]
-    expected: dict[str, int]
+    """What an output holds: items per track, expected counts, ids of incomplete tracks' items, kept hashes."""
+    held: dict[str, int]                      # track_id -> items in committed shards
+    expected: dict[str, int]                  # track_id -> track_clip_count
+    items: dict[str, set[str]]                # item ids, for the incomplete tracks only (what a re-run skips)
     hashes: dict[str, str]                    # content_hash -> track_id (kept tracks)
+    corpus_tracks: set[str]                   # tracks with at least one corpus row
 
     def complete(self, track_id: str) -> bool:
-        return track_id in self.expected and len(self.items.get(track_id, ())) >= self.expected[track_id]
+        return track_id in self.expected and self.held.get(track_id, 0) >= self.expected[track_id]
 
 
-# The columns the account needs: small, read from every output file once per use.
-CORPUS_ACCOUNT = ["clip_id", "track_id", "track_clip_count", "content_hash", "duration_seconds", "split", "caption_source"]
-QUARANTINE_ACCOUNT = ["item_id", "track_id", "track_clip_count", "reason"]
-
-
-def read_account(output: str) -> tuple[dict[str, list], dict[str, list]]:
-    """(corpus, quarantine) columns of the account over everything the output holds."""
-    return (_read_all(storage.join(output, CORPUS_DIR), CORPUS_ACCOUNT),
-            _read_all(storage.join(output, QUARANTINE_DIR), QUARANTINE_ACCOUNT))
-
-
-def ledger_of(corpus: dict[str, list], quarantine: dict[str, list]) -> Ledger:
+def ledger_of(index: OutputIndex) -> Ledger:
+    """The ledger from the index entries alone: counts by pyarrow group-by, Python objects only for the
+    per-track totals and the item ids of incomplete tracks."""
+    flat = track_items(index.entries)
+    totals = flat.group_by("track_id").aggregate([("items", "sum"), ("track_clip_count", "max")])
+    tracks = totals["track_id"].to_pylist()
+    held = dict(zip(tracks, totals["items_sum"].to_pylist()))
+    expected = dict(zip(tracks, totals["track_clip_count_max"].to_pylist()))
+    incomplete = pa.array([t for t in tracks if held[t] < expected[t]], pa.string())
     items: dict[str, set[str]] = {}
-    expected: dict[str, int] = {}
-    for ids, tracks, counts in ((corpus["clip_id"], corpus["track_id"], corpus["track_clip_count"]),
-                                (quarantine["item_id"], quarantine["track_id"], quarantine["track_clip_count"])):
-        for item, track, count in zip(ids, tracks, counts):
-            items.setdefault(track, set()).add(item)
-            expected[track] = count
+    if len(incomplete):
+        partial = flat.filter(pc.is_in(flat["track_id"], value_set=incomplete))
+        for track, ids in zip(partial["track_id"].to_pylist(), partial["item_ids"].to_pylist()):
+            items.setdefault(track, set()).update(ids)
+    kept = track_items(index.table(CORPUS_DIR))
     hashes: dict[str, str] = {}
-    for content_hash, track in zip(corpus["content_hash"], corpus["track_id"]):
+    for content_hash, track in zip(kept["content_hash"].to_pylist(), kept["track_id"].to_pylist()):
         hashes.setdefault(content_hash, track)
-    return Ledger(items, expected, hashes)
+    return Ledger(held, expected, items, hashes, set(kept["track_id"].to_pylist()))
 
 
 def read_ledger(output: str) -> Ledger:
-    return ledger_of(*read_account(output))
-
-
-def _read_all(uri: str, columns: list[str]) -> dict[str, list]:
-    tables = [storage.read_parquet(u, columns=columns) for u in storage.list_files(uri, ".parquet")]
-    if not tables:
-        return {c: [] for c in columns}
-    return pa.concat_tables(tables).to_pydict()
+    return ledger_of(OutputIndex.load(output))

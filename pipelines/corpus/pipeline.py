@@ -1,7 +1,9 @@
-"""The corpus job: every stage wired into one streamed Ray Data pipeline, resumed from the ledger.
+"""The corpus job: every stage wired into one streamed Ray Data pipeline, resumed from the shard index.
 
 discover -> front end (decode, resample, segment, gates; CPU tasks) -> log-mel (CPU) -> VAE (actors)
--> tags (actors) -> captions (actors, or vLLM) -> 20/80 mix (CPU) -> T5 + CLAP (actors) -> writer (CPU).
+-> signal descriptors (CPU) -> CLAP tags (actors) -> captions (actors, or vLLM) -> 20/80 mix (CPU)
+-> T5 + CLAP (actors) -> writer (CPU tasks handing rows to a pool of shard-writer actors).
+Each stage's CPUs, GPUs, actors and node resources come from `CorpusConfig.stage(name)`.
 """
 from __future__ import annotations
 
@@ -9,47 +11,56 @@ import json
 import time
 from collections import Counter
 
-import numpy as np
-
 from pipelines import storage
 from pipelines.corpus.account import build_manifest
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.dedup import start_registry
-from pipelines.corpus.ledger import read_ledger
-from pipelines.corpus.writer import write_null_text
+from pipelines.corpus.index import OutputIndex
+from pipelines.corpus.ledger import ledger_of
+from pipelines.corpus.writer import start_writers, write_null_text
 from schemas.manifest import MANIFEST
 
 
-def build_dataset(config: CorpusConfig, sources: list[dict], registry):
+def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: list):
     """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy)."""
     import ray.data
 
     from pipelines.corpus.captions import CaptionStage, add_vllm_caption_stage, mix_captions
     from pipelines.corpus.encode import TextStage, VaeStage
     from pipelines.corpus.frontend import add_log_mel, front_end
-    from pipelines.corpus.tags import TagStage
-    from pipelines.corpus.writer import CorpusWriter
+    from pipelines.corpus.tags import TagStage, add_signal_tags
+    from pipelines.corpus.writer import route_to_writers
 
     env = _worker_env()
-    actor = dict(compute=ray.data.ActorPoolStrategy(size=config.actors_per_stage), num_cpus=config.cpus_per_actor,
-                 num_gpus=config.gpus_per_actor, batch_size=config.batch_size,
-                 fn_constructor_kwargs={"kit_name_or_path": config.kit}, **env)
+    kit = {"kit_name_or_path": config.kit}
+
+    def tasks(name: str) -> dict:
+        return dict(config.stage(name).ray_options(), **env)
+
+    def actors(name: str, constructor: dict) -> dict:
+        stage = config.stage(name)
+        return dict(compute=ray.data.ActorPoolStrategy(size=max(1, stage.actors)), batch_size=config.batch_size,
+                    fn_constructor_kwargs=constructor, **stage.ray_options(), **env)
+
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
-    ds = ds.flat_map(front_end, num_cpus=1, fn_kwargs=dict(registry=registry, min_clip_seconds=config.min_clip_seconds,
-                                                           silence_dbfs=config.silence_dbfs), **env)
-    ds = ds.map_batches(add_log_mel, num_cpus=1, batch_size=config.batch_size, **env)
-    ds = ds.map_batches(VaeStage, **actor)
-    ds = ds.map_batches(TagStage, **actor)
+    ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, min_clip_seconds=config.min_clip_seconds,
+                                               silence_dbfs=config.silence_dbfs), **tasks("frontend"))
+    ds = ds.map_batches(add_log_mel, batch_size=config.batch_size, **tasks("mel"))
+    ds = ds.map_batches(VaeStage, **actors("vae", kit))
+    ds = ds.map_batches(add_signal_tags, batch_size=config.batch_size, **tasks("descriptors"))
+    ds = ds.map_batches(TagStage, **actors("tags", kit))
     if config.caption_backend == "vllm":
-        ds = add_vllm_caption_stage(ds, config.kit, concurrency=config.actors_per_stage, seed=config.seed)
+        ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, config.stage("captions").actors),
+                                    seed=config.seed)
     else:
-        ds = ds.map_batches(CaptionStage, **dict(actor, fn_constructor_kwargs={
-            "kit_name_or_path": config.kit, "backend": config.caption_backend, "seed": config.seed}))
-    ds = ds.map_batches(mix_captions, num_cpus=0.25, batch_size=config.batch_size,
-                        fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed), **env)
-    ds = ds.map_batches(TextStage, **actor)
-    return ds.map_batches(CorpusWriter, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_size=config.batch_size,
-                          fn_constructor_kwargs=dict(output=config.output, valid_fraction=config.valid_fraction), **env)
+        ds = ds.map_batches(CaptionStage, **actors("captions", dict(kit, backend=config.caption_backend,
+                                                                    seed=config.seed)))
+    ds = ds.map_batches(mix_captions, batch_size=config.batch_size, **tasks("mix"),
+                        fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed))
+    ds = ds.map_batches(TextStage, **actors("text", kit))
+    # The writer stage's tasks are light (Arrow conversion): the actors hold the shards and the CPUs for zstd.
+    return ds.map_batches(route_to_writers, batch_size=config.batch_size, num_cpus=0.1, **env,
+                          fn_kwargs=dict(writers=writers, valid_fraction=config.valid_fraction))
 
 
 def _worker_env() -> dict:
@@ -58,6 +69,34 @@ def _worker_env() -> dict:
     whose nodes use an instance profile."""
     env = storage.ray_worker_env()
     return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def run_stream(config: CorpusConfig, pending: list[dict], registry) -> Counter:
+    """Stream the pending tracks through every stage; flush the writers at the end (or when stopped by an
+    error: what they hold is whole and accounted). Returns this run's item and clip counts."""
+    import ray
+
+    run: Counter = Counter()
+    writers = start_writers(config)
+    failed = False
+    try:
+        for batch in build_dataset(config, pending, registry, writers).iter_batches(batch_size=256,
+                                                                                   batch_format="numpy"):
+            run["items"] += len(batch["item_id"])
+            run["clips"] += int(batch["ok"].sum())
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        try:
+            run["shards"] += sum(len(s) for s in ray.get([w.flush.remote() for w in writers]))
+        except Exception:  # noqa: BLE001 - a failed flush must not hide the error that stopped the stream
+            if not failed:
+                raise
+        finally:
+            for writer in writers:
+                ray.kill(writer)
+    return run
 
 
 def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
@@ -72,22 +111,21 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     sources = discovery.sources
     if config.limit:
         sources = sources[: config.limit]
-    ledger = read_ledger(config.output)
+    index = OutputIndex.load(config.output)       # the one read of the index this run (new entries come later)
+    index.prune()
+    ledger = ledger_of(index)
     pending = [dict(s, skip_ids=sorted(ledger.items.get(s["track_id"], ()))) for s in sources
                if not ledger.complete(s["track_id"])]
     progress(f"{len(sources)} inputs discovered, {len(sources) - len(pending)} already complete, {len(pending)} to do")
 
-    run = Counter()
-    latent = np.zeros(3)
+    run: Counter = Counter()
     if pending:
         registry = start_registry(config.output, pending, ledger.hashes, min_clip_seconds=config.min_clip_seconds,
                                   silence_dbfs=config.silence_dbfs)
-        for batch in build_dataset(config, pending, registry).iter_batches(batch_size=256, batch_format="numpy"):
-            run["items"] += len(batch["item_id"])
-            run["clips"] += int(batch["ok"].sum())
-            latent += [batch["latent_sum"].sum(), batch["latent_sumsq"].sum(), batch["latent_count"].sum()]
+        run = run_stream(config, pending, registry)
+        index.refresh()                           # reads only the entries this run committed
     dims = write_null_text(config)
-    manifest = build_manifest(config, kit, sources, dims, latent, run, time.time() - started)
+    manifest = build_manifest(config, kit, sources, dims, index, run, time.time() - started)
     manifest["ignored"] = discovery.ignored.as_dict()      # every file that is not audio, by kind
     storage.write_bytes_atomic(storage.join(config.output, MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest

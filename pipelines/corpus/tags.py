@@ -216,8 +216,41 @@ def original_caption(metadata: dict[str, str]) -> str | None:
     return caption or None
 
 
+SIGNAL_TAGS = "signal_tags"        # batch column of the descriptor stage: JSON list of tags per row
+
+
+def clip_descriptor_tags(audio, duration_seconds: float) -> list[dict]:
+    """The signal tags of one clip, from its real (unpadded) samples."""
+    real = int(round(float(duration_seconds) * constants.SAMPLE_RATE))
+    return descriptor_tags(signal_descriptors(np.asarray(audio, dtype=np.float32)[:real]))
+
+
+def add_signal_tags(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CPU descriptor stage (before the CLAP actors): `signal_tags` as JSON per row ("[]" for rejected
+    rows); a clip whose descriptors fail is rejected `tagging_failed`. JSON, not a list column: every block
+    then has one Arrow type, whatever rows it holds."""
+    import json
+
+    n = len(batch["clip_id"])
+    reasons = np.array(batch["reject_reason"], dtype=object)
+    stages = np.array(batch["reject_stage"], dtype=object)
+    details = np.array(batch["reject_detail"], dtype=object)
+    out = np.array(["[]"] * n, dtype=object)
+    for i in range(n):
+        if reasons[i]:
+            continue
+        try:
+            out[i] = json.dumps(clip_descriptor_tags(batch["audio"][i], batch["duration_seconds"][i]))
+        except Exception as error:  # noqa: BLE001 - a failed clip becomes a reject row, not a crash
+            reasons[i], stages[i], details[i] = "tagging_failed", "tags", f"{type(error).__name__}: {error}"
+    result = dict(batch)
+    result.update({SIGNAL_TAGS: out, "reject_reason": reasons, "reject_stage": stages, "reject_detail": details})
+    return result
+
+
 class TagStage:
-    """Architecture step 4: adds `tags` and `caption_original`, drops `audio` and `mel`; skips rejected rows."""
+    """Architecture step 4: adds `tags` and `caption_original`, drops `audio` and `mel`; skips rejected rows.
+    Signal tags come from the descriptor stage's `signal_tags` column, or are computed here without one."""
 
     def __init__(self, kit_name_or_path: str, top_k: int = 5):
         from pipelines.models.kits import load_kit
@@ -226,6 +259,8 @@ class TagStage:
         self.tagger = ClapTagger(load_kit(kit_name_or_path))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import json
+
         n = len(batch["clip_id"])
         reasons = np.array(batch["reject_reason"], dtype=object)
         stages = np.array(batch["reject_stage"], dtype=object)
@@ -251,14 +286,14 @@ class TagStage:
         for i in live:
             try:
                 metadata = metadata_dict(batch["metadata"][i])
-                real = int(round(float(batch["duration_seconds"][i]) * constants.SAMPLE_RATE))
-                desc = signal_descriptors(np.asarray(batch["audio"][i], dtype=np.float32)[:real])
-                tags[i] = metadata_tags(metadata) + descriptor_tags(desc) + clap[i]
+                signal = (json.loads(batch[SIGNAL_TAGS][i]) if SIGNAL_TAGS in batch
+                          else clip_descriptor_tags(batch["audio"][i], batch["duration_seconds"][i]))
+                tags[i] = metadata_tags(metadata) + signal + clap[i]
                 originals[i] = original_caption(metadata)
             except Exception as error:  # noqa: BLE001
                 reject(i, "tagging_failed", error)
                 tags[i] = []
-        out = {k: v for k, v in batch.items() if k not in ("audio", "mel")}
+        out = {k: v for k, v in batch.items() if k not in ("audio", "mel", SIGNAL_TAGS)}
         out.update(tags=tags, caption_original=originals,
                    reject_reason=reasons, reject_stage=stages, reject_detail=details)
         return out

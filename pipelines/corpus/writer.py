@@ -1,7 +1,11 @@
-"""The corpus job's last stage: items -> corpus/ and quarantine/ Parquet files (atomic), and the null text.
+"""The corpus job's last stage: rows -> training-sized corpus/ and quarantine/ shards (atomic), and the null text.
 
-Each batch becomes one corpus file and one quarantine file named by their item ids; the writer returns one
-summary row per item for the driver's account.
+A pool of `ShardWriter` actors (the driver starts them) each buffers rows in its own open shards (train, valid,
+quarantine) and commits one when it reaches its target rows or bytes, when the driver asks it to flush after the
+dataset is consumed, and when it is asked to stop. A commit writes the shard under a temp name + rename (one PUT
+on S3), then its index entry. A crash loses at most the open shards: their items are in no committed shard, so a
+re-run recomputes them. The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands them
+to one writer; it returns one summary row per item for the driver's count of this run.
 """
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import storage
 from pipelines.corpus.config import CorpusConfig
+from pipelines.corpus.index import entry_of, shard_name, write_entry
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, conform
 from schemas.manifest import CORPUS_DIR, NULL_TEXT_DIR, NULL_TEXT_FILE, QUARANTINE_DIR
 
@@ -22,56 +28,127 @@ def split_of(track_id: str, valid_fraction: float) -> str:
     return "valid" if u < valid_fraction else "train"
 
 
-class CorpusWriter:
-    """Writes each batch as one corpus file and one quarantine file, atomically, named by their item ids,
-    and returns one summary row per item for the driver's account."""
-
-    def __init__(self, output: str, valid_fraction: float):
-        self.output, self.valid_fraction = output, valid_fraction
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["clip_id"])
-        ok = np.array([r == "" for r in batch["reject_reason"]], bool)
-        self._write_corpus(batch, ok)
-        self._write_quarantine(batch, ~ok)
-        latent = [np.frombuffer(b, np.float16).astype(np.float64) for b in batch["latent_mean"][ok]] if ok.any() else []
-        return {
-            "item_id": np.asarray(batch["clip_id"]), "track_id": np.asarray(batch["track_id"]),
-            "ok": ok, "reason": np.asarray(batch["reject_reason"]), "stage": np.asarray(batch["reject_stage"]),
-            "duration_seconds": np.where(ok, batch["duration_seconds"], 0.0).astype(np.float64),
-            "caption_source": np.where(ok, batch.get("caption_source", np.full(n, "")), ""),
-            "latent_sum": np.array([float(x.sum()) for x in latent] + [0.0] * (n - len(latent))),
-            "latent_sumsq": np.array([float((x * x).sum()) for x in latent] + [0.0] * (n - len(latent))),
-            "latent_count": np.array([x.size for x in latent] + [0] * (n - len(latent)), np.int64),
-        }
-
-    def _name(self, ids) -> str:
-        return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:24] + ".parquet"
-
-    def _write_corpus(self, batch, ok) -> None:
-        if not ok.any():
-            return
-        cols = {name: list(np.asarray(batch[name])[ok]) for name in CORPUS.names if name not in ("split",)}
-        cols["split"] = [split_of(t, self.valid_fraction) for t in cols["track_id"]]
-        cols["latent_mean"] = [_as_bytes(x) for x in cols["latent_mean"]]
-        cols["latent_std"] = [_as_bytes(x) for x in cols["latent_std"]]
-        cols["t5"] = [_as_bytes(x) for x in cols["t5"]]
-        cols["clap"] = [_as_bytes(x) for x in cols["clap"]]
+def batch_tables(batch: dict[str, np.ndarray], valid_fraction: float) -> tuple[pa.Table, pa.Table]:
+    """A batch's kept rows as a `corpus` table (with `split`) and its rejected rows as a `quarantine` table."""
+    ok = np.array([r == "" for r in batch["reject_reason"]], bool)
+    if ok.any():
+        cols = {name: list(np.asarray(batch[name])[ok]) for name in CORPUS.names if name != "split"}
+        cols["split"] = [split_of(t, valid_fraction) for t in cols["track_id"]]
+        for name in ("latent_mean", "latent_std", "t5", "clap"):
+            cols[name] = [_as_bytes(x) for x in cols[name]]
         cols["tags"] = [list(t) for t in cols["tags"]]
         cols["caption_original"] = [c if c else None for c in cols["caption_original"]]
-        table = conform(pa.table({n: cols[n] for n in CORPUS.names}), CORPUS)
-        storage.write_parquet_atomic(table, storage.join(self.output, CORPUS_DIR, self._name(cols["clip_id"])))
-
-    def _write_quarantine(self, batch, bad) -> None:
-        if not bad.any():
-            return
+        corpus = conform(pa.table({n: cols[n] for n in CORPUS.names}), CORPUS)
+    else:
+        corpus = CORPUS.empty_table()
+    bad = ~ok
+    if bad.any():
         pick = lambda name: list(np.asarray(batch[name])[bad])  # noqa: E731
-        table = conform(pa.table({
+        quarantine = conform(pa.table({
             "item_id": pick("clip_id"), "track_id": pick("track_id"), "source_uri": pick("source_uri"),
             "clip_index": pick("clip_index"), "track_clip_count": pick("track_clip_count"),
             "stage": pick("reject_stage"), "reason": pick("reject_reason"), "detail": pick("reject_detail"),
         }), QUARANTINE)
-        storage.write_parquet_atomic(table, storage.join(self.output, QUARANTINE_DIR, self._name(table["item_id"].to_pylist())))
+    else:
+        quarantine = QUARANTINE.empty_table()
+    return corpus, quarantine
+
+
+def summary(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per item for the driver's count of this run."""
+    return {"item_id": np.asarray(batch["clip_id"]), "track_id": np.asarray(batch["track_id"]),
+            "ok": np.array([r == "" for r in batch["reject_reason"]], bool)}
+
+
+def mixed_order(ids: list[str]) -> list[int]:
+    """A fixed pseudo-random order of a shard's rows (by a hash of each id), so clips of one track are spread
+    through the shard instead of adjacent: reading it in order is already mixed."""
+    return sorted(range(len(ids)), key=lambda i: hashlib.sha256(ids[i].encode()).digest())
+
+
+class ShardWriter:
+    """Fills shards of one writer: open (table, split) buffers, committed at their target, on flush or stop."""
+
+    def __init__(self, output: str, *, shard_rows: int, shard_bytes: int, row_group_rows: int,
+                 quarantine_shard_rows: int):
+        self.output, self.row_group_rows = output, row_group_rows
+        self.targets = {CORPUS_DIR: (shard_rows, shard_bytes), QUARANTINE_DIR: (quarantine_shard_rows, 2**62)}
+        self.open: dict[tuple[str, str], list[pa.Table]] = {}
+        self.committed: list[str] = []
+
+    def add(self, corpus: pa.Table, quarantine: pa.Table) -> list[str]:
+        """Buffer the rows; commit every open shard that reached its target. Returns the shards committed."""
+        done = []
+        parts = [((CORPUS_DIR, split), corpus.filter(pc.equal(corpus["split"], split)))
+                 for split in ("train", "valid")] if corpus.num_rows else []
+        parts.append(((QUARANTINE_DIR, ""), quarantine))
+        for key, table in parts:
+            if not table.num_rows:
+                continue
+            self.open.setdefault(key, []).append(table)
+            rows_target, bytes_target = self.targets[key[0]]
+            buffered = self.open[key]
+            if sum(t.num_rows for t in buffered) >= rows_target or sum(t.nbytes for t in buffered) >= bytes_target:
+                done.append(self._commit(key))
+        return done
+
+    def flush(self) -> list[str]:
+        """Commit every open shard (the end of the dataset, or a stop); returns the shards committed."""
+        return [self._commit(key) for key in sorted(self.open) if self.open[key]]
+
+    def stop(self) -> list[str]:
+        return self.flush()
+
+    def _commit(self, key: tuple[str, str]) -> str:
+        kind = key[0]
+        table = pa.concat_tables(self.open.pop(key))
+        ids = table["clip_id" if kind == CORPUS_DIR else "item_id"].to_pylist()
+        table = table.take(pa.array(mixed_order(ids), pa.int64()))
+        shard = f"{kind}/{shard_name(ids)}"
+        nbytes = storage.write_parquet_atomic(table, storage.join(self.output, shard), self.row_group_rows)
+        write_entry(self.output, entry_of(table, kind, shard, nbytes))    # after the shard: an entry vouches for it
+        self.committed.append(shard)
+        return shard
+
+
+def route_to_writers(batch: dict[str, np.ndarray], writers: list, valid_fraction: float) -> dict[str, np.ndarray]:
+    """The Ray Data writer stage: Arrow tables of this batch to one writer actor (chosen by a hash of the
+    batch's first item, so batches spread over the pool); waits for it, so a slow writer slows the stream."""
+    import ray
+
+    corpus, quarantine = batch_tables(batch, valid_fraction)
+    first = str(batch["clip_id"][0]) if len(batch["clip_id"]) else ""
+    writer = writers[int(hashlib.sha256(first.encode()).hexdigest()[:8], 16) % len(writers)]
+    ray.get(writer.add.remote(corpus, quarantine))
+    return summary(batch)
+
+
+def start_writers(config: CorpusConfig) -> list:
+    """The pool of writer actors, with the `writer` stage's resources. Restarted if they die (their open
+    shards are lost and recomputed by the next run; committed shards are safe)."""
+    import ray
+
+    stage = config.stage("writer")
+    actor = ray.remote(ShardWriter).options(max_restarts=-1, max_task_retries=-1, **stage.ray_options())
+    return [actor.remote(config.output, shard_rows=config.shard_rows, shard_bytes=config.shard_bytes,
+                         row_group_rows=config.row_group_rows, quarantine_shard_rows=config.quarantine_shard_rows)
+            for _ in range(max(1, stage.actors))]
+
+
+class CorpusWriter:
+    """The writer in one process (benchmarks): batch -> shards through a local ShardWriter -> summary rows."""
+
+    def __init__(self, output: str, valid_fraction: float, **targets):
+        self.valid_fraction = valid_fraction
+        self.shards = ShardWriter(output, **{"shard_rows": 1024, "shard_bytes": 512 * 2**20, "row_group_rows": 64,
+                                             "quarantine_shard_rows": 8192, **targets})
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.shards.add(*batch_tables(batch, self.valid_fraction))
+        return summary(batch)
+
+    def flush(self) -> list[str]:
+        return self.shards.flush()
 
 
 def _as_bytes(x) -> bytes:
@@ -81,13 +158,13 @@ def _as_bytes(x) -> bytes:
 
 
 def write_null_text(config: CorpusConfig) -> dict:
-    """The empty-caption embeddings, through the very same TextStage as every caption."""
+    """The empty-caption embeddings, through the very same TextStage (and resources) as every caption."""
     import ray.data
 
     from pipelines.corpus.encode import TextStage
 
     ds = ray.data.from_items([{"caption": "", "reject_reason": "", "reject_stage": "", "reject_detail": ""}])
-    row = ds.map_batches(TextStage, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor,
+    row = ds.map_batches(TextStage, compute=ray.data.ActorPoolStrategy(size=1), **config.stage("text").ray_options(),
                          fn_constructor_kwargs={"kit_name_or_path": config.kit}).take(1)[0]
     t5, clap = _as_bytes(row["t5"]), _as_bytes(row["clap"])
     table = conform(pa.table({"t5": [t5], "t5_length": [int(row["t5_length"])], "clap": [clap]}), NULL_TEXT)

@@ -105,15 +105,48 @@ def _scan_file(uri: str) -> CorpusFile:
     return CorpusFile(uri, counts["train"], counts["valid"])
 
 
+def indexed_files(data: str, sizes: dict[str, int]) -> dict[str, CorpusFile]:
+    """{uri: CorpusFile} of the corpus files the shard index vouches for (entry present, same size now), from
+    one parallel read of the index; never writes (training only reads a corpus)."""
+    from pipelines.corpus.index import OutputIndex
+
+    by_name = {f"{CORPUS_DIR}/{uri.rsplit('/', 1)[-1]}": uri for uri in sizes}
+    entries = OutputIndex.load(data, heal=False, columns=["shard", "table", "bytes", "train_rows", "valid_rows"]
+                               ).table(CORPUS_DIR)
+    out = {}
+    for shard, train, valid in zip(entries["shard"].to_pylist(), entries["train_rows"].to_pylist(),
+                                   entries["valid_rows"].to_pylist()):
+        if shard in by_name:
+            out[by_name[shard]] = CorpusFile(by_name[shard], train, valid)
+    return out
+
+
 def scan_corpus(data: str, threads: int = 16) -> list[CorpusFile]:
-    """Every corpus file (sorted) with its train/valid row counts; a bad file fails here, named."""
+    """Every corpus file (sorted) with its train/valid row counts; a bad file fails here, named.
+
+    Counts come from the shard index for the files it vouches for (entry present, size unchanged); only the
+    others (a corpus written without an index, a file changed since) have their footer and `split` read."""
     from concurrent.futures import ThreadPoolExecutor
 
-    files = storage.list_files(storage.join(data, CORPUS_DIR), ".parquet")
-    if not files:
+    sizes = storage.list_sizes(storage.join(data, CORPUS_DIR), ".parquet")
+    if not sizes:
         raise FileNotFoundError(f"no corpus parquet files under {storage.join(data, CORPUS_DIR)}")
-    with ThreadPoolExecutor(min(threads, len(files))) as pool:     # footers + one small column: I/O bound
-        return list(pool.map(_scan_file, files))
+    known = indexed_files(data, sizes)
+    rest = sorted(u for u in sizes if u not in known)
+    if rest:
+        with ThreadPoolExecutor(min(threads, len(rest))) as pool:     # footers + one small column: I/O bound
+            known.update((f.uri, f) for f in pool.map(_scan_file, rest))
+    return [known[u] for u in sorted(sizes)]
+
+
+def files_of(files) -> list[CorpusFile]:
+    """The workers' file list from what run_training passes: an ObjectRef of it (put once, not copied into
+    every worker's config), or the list itself."""
+    import ray
+
+    if isinstance(files, ray.ObjectRef):
+        files = ray.get(files)
+    return [f if isinstance(f, CorpusFile) else CorpusFile(**f) for f in files]
 
 
 def assign_files(train_rows: list[int], world: int, seed: int, epoch: int) -> list[list[int]]:

@@ -7,7 +7,7 @@ from model import model_flops_per_sample
 from pipelines import storage
 from pipelines.training.checkpoint import checkpoint_name, restore_checkpoint, save_checkpoint
 from pipelines.training.config import DEFAULT_SHUFFLE_ROWS, TrainConfig
-from pipelines.training.data import CorpusCollate, CorpusFile, rank_micro_batches
+from pipelines.training.data import CorpusCollate, files_of, rank_micro_batches
 from pipelines.training.metrics import TensorBoardLog, save_loss_curve
 from pipelines.training.previews import Previewer
 from pipelines.training.state import build_state
@@ -36,7 +36,7 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"resumed {cfg.run_name} at step {state.step} (epoch {state.epoch}, batch {state.consumed})")
 
     run_dir = config["run_dir"]
-    batches = rank_micro_batches([CorpusFile(**f) for f in config["files"]], rank=state.rank, world=state.world,
+    batches = rank_micro_batches(files_of(config["files"]), rank=state.rank, world=state.world,
                                  micro_batch_size=cfg.micro_batch_size,
                                  collate=CorpusCollate(0, 1, state.t5_dim, state.clap_dim), seed=cfg.seed,
                                  shuffle_buffer=cfg.shuffle_buffer or DEFAULT_SHUFFLE_ROWS,

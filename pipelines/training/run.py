@@ -20,6 +20,7 @@ def run_training(config: TrainConfig, *, resume: bool = False):
     Without resume a run name that already has output fails loudly: Ray Train V2 would otherwise
     silently continue the old run.
     """
+    import ray
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -42,10 +43,12 @@ def run_training(config: TrainConfig, *, resume: bool = False):
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
+    # One object in the store for every worker (and every restart), instead of the list in each worker's config.
+    files_ref = ray.put([asdict(f) for f in files])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": asdict(config), "manifest": manifest, "data": config.data, "run_dir": run_dir,
-                           "files": [asdict(f) for f in files]},
+                           "files": files_ref},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -158,7 +158,7 @@ def test_s3_restart_mid_corpus_write(s3_server, ray_local, music):
     (or the job fails clearly and a re-run completes it); every file is whole, every input is there once."""
     folder, inputs = music
     output = s3_server.uri(f"restart-{os.getpid()}-{time.monotonic_ns()}")
-    config = CorpusConfig(inputs=[folder], output=output, batch_size=2)
+    config = CorpusConfig(inputs=[folder], output=output, batch_size=2, shard_rows=2)   # shards commit mid-job
     restarted = threading.Event()
 
     def restart_when_writing():

@@ -76,3 +76,28 @@ def test_no_credentials_in_file():
     for pattern in patterns:
         assert not re.search(pattern, text), pattern
     assert "ssh_private_key" not in yaml.safe_load(text)["auth"]
+
+
+def test_stage_resources_request_what_the_node_types_define(cluster):
+    """corpus_resources.yaml: every stage is configured, each requests a custom resource that exactly one node
+    type defines, GPU stages go to a GPU node type, CPU stages to a node without GPUs, and every custom
+    resource the cluster defines for the corpus is requested by some stage."""
+    from pipelines.corpus.config import STAGES, CorpusConfig, load_stage_resources
+
+    stages = load_stage_resources((CLUSTER_YAML.parent / "corpus_resources.yaml").read_text())
+    assert set(stages) == set(STAGES)
+    types = cluster["available_node_types"]
+    defined = {r: name for name, t in types.items() for r in t["resources"] if r not in ("CPU", "GPU")}
+    config = CorpusConfig(inputs=[], output="x", stage_resources=stages)
+    requested = set()
+    for stage in STAGES:
+        resources = config.stage(stage)
+        assert len(resources.resources) == 1, f"{stage}: one node-type resource"
+        (name, amount), = resources.resources.items()
+        assert name in defined, f"{stage} requests {name}, which no node type defines"
+        node = types[defined[name]]["resources"]
+        assert 0 < amount <= node[name]
+        assert (resources.gpus > 0) == (node["GPU"] > 0), f"{stage}: GPUs requested where the node type has none, or wasted"
+        assert resources.cpus <= node["CPU"]
+        requested.add(name)
+    assert {r for r in defined if r.startswith("corpus_")} == requested

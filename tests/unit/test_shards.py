@@ -1,0 +1,122 @@
+"""Shards and their index without Ray: targets, atomic commit + entry, resume from the index, healing, stats."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pipelines import storage
+from pipelines.corpus.account import latent_stats
+from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources
+from pipelines.corpus.index import OutputIndex, sum_map
+from pipelines.corpus.ledger import ledger_of
+from pipelines.corpus.writer import ShardWriter, batch_tables
+from schemas import CORPUS, SHARD_INDEX, validate
+from schemas.manifest import CORPUS_DIR, INDEX_DIR, QUARANTINE_DIR
+
+
+def batch(track: str, clips: int, rejected: int = 0, value: float = 1.0) -> dict[str, np.ndarray]:
+    """A writer batch of one track: `clips` kept rows then `rejected` rejected ones."""
+    n = clips + rejected
+    obj = lambda values: np.array(values, dtype=object)  # noqa: E731
+    return {
+        "clip_id": obj([f"{track}-{i:05d}" for i in range(n)]), "track_id": obj([track] * n),
+        "source_uri": obj([f"/m/{track}.wav"] * n), "clip_index": np.arange(n, dtype=np.int32),
+        "start_seconds": np.arange(n) * 10.24, "duration_seconds": np.full(n, 10.24),
+        "track_clip_count": np.full(n, n, np.int32), "content_hash": obj([f"h{track}"] * n),
+        "latent_mean": np.full((n, 8, 256, 16), value, np.float16), "latent_std": np.ones((n, 8, 256, 16), np.float16),
+        "tags": obj([[{"tag": "x", "source": "signal", "score": 1.0}] for _ in range(n)]),
+        "caption": obj(["c"] * n), "caption_source": obj(["synthetic"] * n), "caption_original": obj([None] * n),
+        "caption_synthetic": obj(["c"] * n), "t5": obj([b"\0\0" * 4] * n), "t5_length": np.full(n, 2, np.int32),
+        "clap": obj([b"\0\0" * 2] * n),
+        "reject_reason": obj([""] * clips + ["silent"] * rejected), "reject_stage": obj([""] * clips + ["quality"] * rejected),
+        "reject_detail": obj([""] * n),
+    }
+
+
+def writer(out: str, rows: int = 5) -> ShardWriter:
+    return ShardWriter(out, shard_rows=rows, shard_bytes=2**40, row_group_rows=2, quarantine_shard_rows=100)
+
+
+def test_shards_fill_to_target_and_index_vouches_for_them(tmp_path):
+    out = str(tmp_path)
+    w = writer(out)
+    committed = []
+    for t in range(4):                                   # 4 tracks x 3 clips: a shard of 5 mixes tracks
+        committed += w.add(*batch_tables(batch(f"t{t}", 3, rejected=1, value=float(t)), valid_fraction=0.0))
+    assert committed and all(s.startswith("corpus/") for s in committed)
+    assert not storage.list_files(os.path.join(out, QUARANTINE_DIR)), "quarantine waits for its own target"
+    committed += w.flush()
+    corpus = [storage.read_parquet(os.path.join(out, s)) for s in committed if s.startswith(CORPUS_DIR)]
+    for table in corpus:
+        validate(table, CORPUS)
+    assert sum(t.num_rows for t in corpus) == 12 and len(set(corpus[0]["track_id"].to_pylist())) > 1
+    index = OutputIndex.load(out)
+    assert index.healed == 0 and index.entries.num_rows == len(committed)
+    validate(index.entries, SHARD_INDEX)
+    ledger = ledger_of(index)
+    assert all(ledger.complete(f"t{t}") for t in range(4)) and ledger.hashes["ht2"] == "t2"
+    assert sum_map(index.table(QUARANTINE_DIR)["reasons"]) == {"silent": 4}
+    c = index.table(CORPUS_DIR)
+    mean, std = latent_stats(c["latent_sum"].to_numpy(), c["latent_sumsq"].to_numpy(), c["latent_count"].to_numpy())
+    assert mean == pytest.approx(1.5) and std == pytest.approx(np.std([0, 1, 2, 3]))
+
+
+def test_a_lost_shard_makes_its_tracks_incomplete_and_an_unindexed_one_is_healed(tmp_path):
+    out = str(tmp_path)
+    w = writer(out, rows=3)
+    for t in range(3):
+        w.add(*batch_tables(batch(f"t{t}", 3), valid_fraction=0.0))
+    w.flush()
+    shards = sorted(storage.list_files(os.path.join(out, CORPUS_DIR)))
+    os.remove(shards[0])                                  # lost: its entry no longer vouches
+    os.rename(*(os.path.join(out, INDEX_DIR, n) for n in (sorted(os.listdir(os.path.join(out, INDEX_DIR)))[-1], "x.tmp")))
+    index = OutputIndex.load(out)                         # the shard whose entry is gone is read and re-indexed
+    assert index.healed == 1 and index.prune() == 1
+    ledger = ledger_of(index)
+    assert sum(ledger.complete(f"t{t}") for t in range(3)) == 2
+    lost = next(t for t in ("t0", "t1", "t2") if not ledger.complete(t))
+    assert ledger.held.get(lost, 0) == 0 and lost not in ledger.items
+    assert OutputIndex.load(out).healed == 0
+
+
+def test_a_corrupt_unindexed_file_is_named(tmp_path):
+    bad = tmp_path / CORPUS_DIR / "0123456789abcdef01234567.parquet"
+    bad.parent.mkdir()
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=str(bad)):
+        OutputIndex.load(str(tmp_path))
+
+
+def test_stage_resources_from_flags_and_file():
+    flags = parse_stage_resources(["vae=gpus:1,actors:8,corpus_gpu:0.01", "writer=actors:4"])
+    assert flags == {"vae": {"gpus": 1.0, "actors": 8, "resources": {"corpus_gpu": 0.01}}, "writer": {"actors": 4}}
+    config = CorpusConfig(inputs=[], output="x", stage_resources=flags)
+    assert config.stage("vae").ray_options() == {"num_cpus": 0.5, "num_gpus": 1.0, "resources": {"corpus_gpu": 0.01}}
+    assert config.stage("writer").actors == 4 and config.stage("text").actors == 1
+    assert load_stage_resources('{"mel": {"cpus": 2}}') == {"mel": {"cpus": 2}}
+    with pytest.raises(ValueError):
+        parse_stage_resources(["nope=cpus:1"])
+    with pytest.raises(ValueError):
+        load_stage_resources("vae: {gpu: 1}")
+
+
+def test_training_scan_uses_the_index_and_falls_back_without_it(tmp_path, monkeypatch):
+    import shutil
+
+    from pipelines.training import data
+
+    out = str(tmp_path)
+    w = writer(out, rows=4)
+    for t in range(5):
+        w.add(*batch_tables(batch(f"t{t}", 3), valid_fraction=0.3))
+    w.flush()
+    with_index = data.scan_corpus(out)
+    assert sum(f.train_rows + f.valid_rows for f in with_index) == 15
+    scanned = []
+    monkeypatch.setattr(data, "_scan_file", lambda uri: scanned.append(uri) or data.CorpusFile(uri, -1, -1))
+    assert data.scan_corpus(out) == with_index and not scanned, "every file vouched for: no footer read"
+    monkeypatch.undo()
+    shutil.rmtree(os.path.join(out, INDEX_DIR))
+    assert data.scan_corpus(out) == with_index
