@@ -1,3 +1,7 @@
 from schemas.tables import CLIPS, CORPUS, NULL_TEXT, QUARANTINE, SCHEMA_VERSION, TABLES, TENSOR_LAYOUT, SchemaError, conform, validate
+from schemas.fingerprints import FINGERPRINTS
 
-__all__ = ["CLIPS", "CORPUS", "NULL_TEXT", "QUARANTINE", "SCHEMA_VERSION", "TABLES", "TENSOR_LAYOUT", "SchemaError", "conform", "validate"]
+TABLES["fingerprints"] = FINGERPRINTS   # defined in its own file, registered with the others here
+
+__all__ = ["CLIPS", "CORPUS", "FINGERPRINTS", "NULL_TEXT", "QUARANTINE", "SCHEMA_VERSION", "TABLES", "TENSOR_LAYOUT",
+           "SchemaError", "conform", "validate"]
