@@ -124,6 +124,9 @@ class NearDuplicateIndex:
     def __contains__(self, track_id: str) -> bool:
         return track_id in self._position
 
+    def source_uri_of(self, track_id: str) -> str:
+        return self.source_uris[self._position[track_id]]
+
     def add(self, track_id: str, fp: np.ndarray, source_uri: str = "") -> None:
         """Index one track's fingerprint (a track id already present is ignored: re-runs are idempotent)."""
         if track_id in self._position:
