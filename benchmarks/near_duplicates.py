@@ -85,6 +85,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/near-duplicates", help="scratch folder (default: %(default)s)")
     p.add_argument("--excerpt", type=float, default=60.0, help="seconds of each track to use (default: 60)")
+    p.add_argument("--distractors", type=int, default=0,
+                   help="also add this many random 120 s fingerprints to the index, to time queries at scale")
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -105,13 +107,22 @@ def main() -> None:
                            loudness.clip_fraction(audio)))
             measure_cpu += time.process_time() - start
     fingerprint_cpu = time.process_time() - cpu - measure_cpu
+    rng = np.random.default_rng(0)
+    length = int(F.FINGERPRINT_SECONDS * F.ITEMS_PER_SECOND)
+    start = time.process_time()
+    for i in range(args.distractors):            # unrelated tracks: queries must stay fast and not match them
+        index.add(f"distractor-{i}", rng.integers(0, 2**32, length, dtype=np.uint64).astype(np.uint32))
     for number, kind, path in files:
         index.add(path, fps[path])
+    index_cpu = time.process_time() - start
     cpu = time.process_time()
     scores: dict[tuple[str, str], float] = {}
+    distractor_scores = []
     for number, kind, path in files:
         for other, score, _ in index.query(fps[path]):
-            if other != path:
+            if other.startswith("distractor-"):
+                distractor_scores.append(score)
+            elif other != path:
                 pair = tuple(sorted((path, other)))
                 scores[pair] = max(scores.get(pair, 0.0), score)
     query_cpu = time.process_time() - cpu
@@ -140,6 +151,10 @@ def main() -> None:
     report = {
         "tracks": len(tracks), "files": len(files), "audio_seconds": round(seconds, 1),
         "collections": {name: sum(1 for n, _ in tracks if n == name) for name in COLLECTIONS},
+        "index_tracks": len(index), "index_build_cpu_s": round(index_cpu, 2),
+        "index_postings": int(len(index._keys)),
+        "distractor_candidates": len(distractor_scores),
+        "distractor_best_score": round(max(distractor_scores, default=0.0), 3),
         "cpu_ms_per_file": {"decode+fingerprint": round(1000 * fingerprint_cpu / len(files), 1),
                             "query": round(1000 * query_cpu / len(files), 2)},
         "true_pair_score_min_by_kind": {k: round(min(v), 3) for k, v in sorted(by_kind.items())},
