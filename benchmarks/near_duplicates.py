@@ -1,11 +1,11 @@
 """Precision and recall of the near-duplicate rule (pipelines/fingerprint.py) on real game music and its variants.
 
-    python -m benchmarks.near_duplicates [--work /tmp/near-duplicates] [--excerpt 60]
+    python -m benchmarks.near_duplicates [--work /tmp/near-duplicates] [--excerpt 60] [--distractors 20000]
 
 Sources: Debian asc-music, planetblupi-music-ogg, drascula-music (audio/ only: the language folders hold the same
-files), nexuiz-music and ufoai-music (Ogg files inside .pk3 zips). Each track gives an excerpt (the "original",
-FLAC at the native rate) and three variants made with ffmpeg: MP3 128 kb/s; the first 7 s cut, Opus 96 kb/s;
-5 s of another track prepended, FLAC. Every file is decoded with pipelines.audio.decode, fingerprinted, added to
+files), nexuiz-music and ufoai-music (Ogg files inside .pk3 zips). Each track gives an excerpt (the "original":
+FLAC at the native rate, from 10 s in; excerpts under 30 s are left out) and three variants made with ffmpeg:
+MP3 128 kb/s; the first 7 s cut, Opus 96 kb/s; 5 s of the next track prepended, FLAC. Every file is decoded with pipelines.audio.decode, fingerprinted, added to
 one NearDuplicateIndex and queried against it; a pair counts as a true match when both files come from the same
 track. Also prints integrated loudness / true peak / clip fraction of every original excerpt (docs/quality.md).
 """
@@ -60,24 +60,45 @@ def collect(work: str) -> list[tuple[str, str]]:
     return found
 
 
+MIN_EXCERPT_SECONDS = 30.0    # shorter tracks (jingles) are left out: the 7 s trim and the 10 s overlap need room
+
+
+def _seconds(path: str) -> float:
+    done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
+                          capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip())
+    except ValueError:
+        return 0.0
+
+
 def make_variants(tracks: list[tuple[str, str]], work: str, excerpt: float) -> list[tuple[int, str, str]]:
-    """[(track number, variant name, path)]: the excerpt and its three variants."""
-    out = []
+    """[(track number, variant name, path)]: each long enough track's excerpt and its three variants."""
     folder = os.path.join(work, "variants")
     os.makedirs(folder, exist_ok=True)
+    at = lambda number, kind, ext: os.path.join(folder, f"{number:03d}-{kind}.{ext}")   # noqa: E731
+    kept = []
     for number, (_, path) in enumerate(tracks):
-        at = lambda kind, ext: os.path.join(folder, f"{number:03d}-{kind}.{ext}")   # noqa: E731
-        original, intro_source = at("original", "flac"), tracks[(number + 1) % len(tracks)][1]
-        if not os.path.exists(at("intro", "flac")):
+        original = at(number, "original", "flac")
+        if not os.path.exists(original):
             _ffmpeg("-ss", "10", "-t", str(excerpt), "-i", path, "-c:a", "flac", original)
-            _ffmpeg("-i", original, "-b:a", "128k", at("mp3", "mp3"))
-            _ffmpeg("-ss", "7", "-i", original, "-c:a", "libopus", "-b:a", "96k", at("trim", "opus"))
-            _ffmpeg("-ss", "30", "-t", "5", "-i", intro_source, "-i", original, "-filter_complex",
+        if _seconds(original) >= MIN_EXCERPT_SECONDS:
+            kept.append(number)
+    out = []
+    for i, number in enumerate(kept):
+        original = at(number, "original", "flac")
+        other = kept[(i + 1) % len(kept)]          # the intro comes from the next kept track
+        intro = at(number, f"intro-from-{other:03d}", "flac")
+        if not os.path.exists(at(number, "trim", "opus")):
+            _ffmpeg("-i", original, "-b:a", "128k", at(number, "mp3", "mp3"))
+            _ffmpeg("-ss", "7", "-i", original, "-c:a", "libopus", "-b:a", "96k", at(number, "trim", "opus"))
+        if not os.path.exists(intro):
+            _ffmpeg("-ss", "20", "-t", "5", "-i", at(other, "original", "flac"), "-i", original, "-filter_complex",
                     "[0:a]aresample=44100,aformat=channel_layouts=stereo[a];"
                     "[1:a]aresample=44100,aformat=channel_layouts=stereo[b];[a][b]concat=n=2:v=0:a=1",
-                    "-c:a", "flac", at("intro", "flac"))
-        out += [(number, kind, at(kind, ext)) for kind, ext in
-                (("original", "flac"), ("mp3", "mp3"), ("trim", "opus"), ("intro", "flac"))]
+                    "-c:a", "flac", intro)
+        out += [(number, "original", original), (number, "mp3", at(number, "mp3", "mp3")),
+                (number, "trim", at(number, "trim", "opus")), (number, "intro", intro)]
     return out
 
 
@@ -148,9 +169,12 @@ def main() -> None:
     for (a, b), s in true_scores.items():
         by_kind.setdefault("+".join(sorted((kind_of[a], kind_of[b]))), []).append(s)
     lufs, peaks, clips = (np.array(v) for v in zip(*levels))
+    originals_numbers = [number for number, kind, _ in files if kind == "original"]
     report = {
-        "tracks": len(tracks), "files": len(files), "audio_seconds": round(seconds, 1),
+        "tracks": len(tracks), "tracks_long_enough": len(files) // 4, "files": len(files), "audio_seconds": round(seconds, 1),
         "collections": {name: sum(1 for n, _ in tracks if n == name) for name in COLLECTIONS},
+        "collections_long_enough": {name: sum(1 for n, kind, _ in files if kind == "original" and tracks[n][0] == name)
+                                    for name in COLLECTIONS},
         "index_tracks": len(index), "index_build_cpu_s": round(index_cpu, 2),
         "index_postings": int(len(index._keys)),
         "distractor_candidates": len(distractor_scores),
@@ -168,8 +192,8 @@ def main() -> None:
                                  "true_peak_max_dbtp": round(float(peaks.max()), 2),
                                  "clip_fraction_max": float(clips.max()),
                                  "clip_fraction_p99": float(np.percentile(clips, 99)),
-                                 "quietest": os.path.basename(tracks[int(lufs.argmin())][1]),
-                                 "most_clipped": os.path.basename(tracks[int(clips.argmax())][1])},
+                                 "quietest": os.path.basename(tracks[originals_numbers[int(lufs.argmin())]][1]),
+                                 "most_clipped": os.path.basename(tracks[originals_numbers[int(clips.argmax())]][1])},
         "load_average": os.getloadavg()[0],
     }
     text = json.dumps(report, indent=1)
