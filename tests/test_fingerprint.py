@@ -34,19 +34,22 @@ def test_fingerprint_is_raw_uint32_at_about_8_per_second(prints):
                                                      ("intro", -INTRO_SECONDS)])
 def test_reencoded_trimmed_and_new_intro_copies_match(prints, variant, offset_seconds):
     score, offset = F.similarity(prints["excerpt-frontiers"], prints[variant])
-    assert score >= F.MATCH_THRESHOLD + 0.15, (variant, score)      # far above the threshold, not just over it
+    assert score >= F.MATCH_THRESHOLD + 0.08, (variant, score)      # well above the threshold, not just over it
     assert abs(offset - offset_seconds * F.ITEMS_PER_SECOND) <= 2, (variant, offset)
 
 
 def test_different_music_does_not_match(prints):
     others = [prints["excerpt-machine_wars"], prints["excerpt-time_to_strike"]]
-    # Real instrument loops and pads (Debian sonic-pi-samples), 8-11 s each: short, tonal, and unrelated.
-    samples = sorted(glob.glob(os.path.join(SONIC_PI_DIR, "loop_*.flac")))[:4]
-    others += [F.fingerprint(decode(path).audio) for path in samples]
     for name in ("excerpt-frontiers", "mp3", "trimmed", "intro"):
         for other in others:
             score, _ = F.similarity(prints[name], other)
-            assert score < F.MATCH_THRESHOLD - 0.05, (name, score)
+            assert score < F.MATCH_THRESHOLD - 0.1, (name, score)
+    # Real instrument loops (Debian sonic-pi-samples), 8-11 s each: shorter than the 10 s minimum overlap, so
+    # they match nothing by rule; even at a 4 s overlap they stay far below the threshold.
+    for path in sorted(glob.glob(os.path.join(SONIC_PI_DIR, "loop_*.flac")))[:4]:
+        loop = F.fingerprint(decode(path).audio)
+        assert F.similarity(prints["excerpt-frontiers"], loop) == (0.0, 0)
+        assert F.similarity(prints["excerpt-frontiers"], loop, min_overlap_seconds=4.0)[0] < F.MATCH_THRESHOLD - 0.1
 
 
 def test_similarity_needs_the_minimum_overlap():
@@ -55,6 +58,7 @@ def test_similarity_needs_the_minimum_overlap():
     b = np.concatenate([a[-20:], rng.integers(0, 2**32, 300, dtype=np.uint64).astype(np.uint32)])
     assert F.similarity(a, b, min_overlap_seconds=2.0)[0] == 1.0          # 20 items = 2.5 s shared at the seam
     assert F.similarity(a, b)[0] < 0.7                                   # 10 s required: unrelated beyond
+    assert F.similarity(a, a[:60]) == (0.0, 0)                           # 7.4 s: shorter than the overlap
     assert F.similarity(a, a[100:200], offsets=np.array([100]))[0] == 1.0
 
 
