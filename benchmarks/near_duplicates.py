@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from pipelines import constants as C, fingerprint as F, loudness
+from pipelines import constants as C, fingerprint as F, loudness, quality
 from pipelines.audio import decode
 
 COLLECTIONS = {
@@ -116,12 +116,13 @@ def main() -> None:
     files = make_variants(tracks, args.work, args.excerpt)
 
     index = F.NearDuplicateIndex(threshold=0.0)   # keep every verified score; the rule's threshold applies below
-    fps, seconds, levels, decode_cpu, fingerprint_cpu = {}, 0.0, [], 0.0, 0.0
+    fps, seconds, levels, decode_cpu, fingerprint_cpu, hashes = {}, 0.0, [], 0.0, 0.0, {}
     for number, kind, path in files:
         start = time.process_time()
         audio = decode(path).audio
         decode_cpu += time.process_time() - start
         seconds += len(audio) / C.SAMPLE_RATE
+        hashes[path] = quality.content_hash(audio)   # the baseline: the front end's exact duplicate check
         start = time.process_time()
         fps[path] = F.fingerprint(audio)
         fingerprint_cpu += time.process_time() - start
@@ -165,6 +166,7 @@ def main() -> None:
                                            for a, b in found - true_pairs)[:10],
                      "missed": sorted(f"{os.path.basename(a)} ~ {os.path.basename(b)} {true_scores[(a, b)]:.3f}"
                                       for a, b in true_pairs - found)[:10]})
+    hash_found = {pair for pair in true_pairs if hashes[pair[0]] == hashes[pair[1]]}
     by_kind: dict[str, list[float]] = {}
     for (a, b), s in true_scores.items():
         by_kind.setdefault("+".join(sorted((kind_of[a], kind_of[b]))), []).append(s)
@@ -188,6 +190,7 @@ def main() -> None:
                                        "median": round(float(np.median(false_scores)), 3),
                                        "top5": [round(s, 3) for s in sorted(false_scores)[-5:]]},
         "thresholds": rows,
+        "content_hash_true_pairs_found": len(hash_found),
         "loudness_excerpts": {"lufs_min": round(float(lufs.min()), 1), "lufs_median": round(float(np.median(lufs)), 1),
                                  "lufs_max": round(float(lufs.max()), 1),
                                  "true_peak_max_dbtp": round(float(peaks.max()), 2),

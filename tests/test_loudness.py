@@ -62,9 +62,10 @@ def test_defaults_reject_a_very_quiet_and_a_hard_clipped_copy(real_music, tmp_pa
     reason, detail = L.loudness_gate(**_gate_args(quiet))
     # Reads about -68.7, not -70: the -70 LKFS absolute gate drops the quietest blocks, as BS.1770 says.
     assert reason == "too_quiet" and "LUFS" in detail and -71.0 < L.integrated_lufs(quiet) < -65.0
-    # Hard clipping as a bad master does it: +12 dB at the native rate, clipped, stored as 16-bit FLAC, then
-    # decoded by the front end (whose resampler rings around the flat tops, so not every clipped sample stays at 1).
-    native, rate = sf.read(os.path.join(ASC_DIR, "frontiers.mp3"), frames=44_100 * 60, dtype="float32")
+    # Hard clipping as a bad master does it: +12 dB at the native rate, clipped (6.7 % of samples), stored as 16-bit
+    # FLAC, then decoded by the front end (its resampler rings around the flat tops: 1.2 % stay at full scale).
+    path = os.path.join(ASC_DIR, "frontiers.mp3")
+    native, rate = sf.read(path, frames=sf.info(path).samplerate * 120, dtype="float32")      # 120 s at 22.05 kHz
     sf.write(tmp_path / "clipped.flac", np.clip(native * 4.0, -1.0, 1.0), rate, subtype="PCM_16")
     clipped = decode(str(tmp_path / "clipped.flac")).audio
     reason, detail = L.loudness_gate(**_gate_args(clipped))
