@@ -93,13 +93,6 @@ def index_keys(fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class Match:
-    track_id: str
-    score: float       # bit agreement at the best alignment, 0.5 ~ unrelated, 1.0 identical
-    offset: int        # query[i] lines up with the match's fingerprint[i + offset]
-
-
-@dataclass
 class NearDuplicateIndex:
     """Fingerprints of kept tracks, with an inverted index from key to (track, position).
 
@@ -110,16 +103,16 @@ class NearDuplicateIndex:
     threshold: float = MATCH_THRESHOLD
     min_overlap_seconds: float = MIN_OVERLAP_SECONDS
     max_bucket: int = 20_000                      # keys shared by more postings (silence, tones) carry no identity
-    track_ids: list[str] = field(default_factory=list)
-    source_uris: list[str] = field(default_factory=list)
-    fingerprints: list[np.ndarray] = field(default_factory=list)
-    _position: dict[str, int] = field(default_factory=dict)
+    track_ids: list[str] = field(default_factory=list, init=False, repr=False)      # in insertion order
+    source_uris: list[str] = field(default_factory=list, init=False, repr=False)
+    fingerprints: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
+    _position: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     # Postings: a large sorted part (numpy, searchsorted) and a small pending part (appends), merged when it grows.
-    _keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
-    _tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    _positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    _pending_size: int = 0
+    _keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32), init=False, repr=False)
+    _tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32), init=False, repr=False)
+    _positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32), init=False, repr=False)
+    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list, init=False, repr=False)
+    _pending_size: int = field(default=0, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.track_ids)
