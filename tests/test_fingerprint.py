@@ -27,7 +27,9 @@ def test_fingerprint_is_raw_uint32_at_about_8_per_second(prints):
     # Chromaprint's first item needs a 4096-sample frame and 16 frames of filter context: ~21 items fewer.
     assert fp.dtype == np.uint32 and 40 * F.ITEMS_PER_SECOND - 25 < len(fp) <= 40 * F.ITEMS_PER_SECOND
     assert len(np.unique(fp)) > len(fp) // 2               # music, not a constant
-    np.testing.assert_array_equal(F.fingerprint(np.zeros(16_000 * 3, np.float32))[:0], np.zeros(0, np.uint32))
+    short = F.fingerprint(np.zeros(16_000 * 3, np.float32))           # 3 s of silence: a few words at most
+    assert short.dtype == np.uint32 and len(short) < 10 and F.similarity(fp, short) == (0.0, 0)
+    assert len(F.fingerprint(np.zeros(0, np.float32))) == 0
 
 
 @pytest.mark.parametrize("variant, offset_seconds", [("mp3", 0.0), ("opus", 0.0), ("trimmed", TRIM_SECONDS),
