@@ -6,7 +6,8 @@
 Writes OUTPUT/corpus/*.parquet (shards of ~1,000 rows, one row per 10.24 s clip: VAE posterior, tags, captions,
 T5 + CLAP embeddings), OUTPUT/quarantine/*.parquet (every input or clip that was rejected, with stage and reason),
 OUTPUT/index/*.parquet (one small entry per shard: what resume, the manifest and training read),
-OUTPUT/null_text/null_text.parquet (the empty-caption embeddings) and OUTPUT/manifest.json (the account).
+OUTPUT/null_text/null_text.parquet (the empty-caption embeddings), OUTPUT/fingerprints/*.parquet (Chromaprint
+fingerprints of the kept tracks, for the near-duplicate stage of later runs) and OUTPUT/manifest.json (the account).
 Re-running on the same OUTPUT skips what is complete and adds new inputs.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from schemas import constants  # noqa: E402
+from pipelines.corpus import loudness  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
 from pipelines.corpus import config as corpus_config  # noqa: E402
 from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources  # noqa: E402
@@ -41,6 +43,18 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                         f"to {constants.CLIP_SECONDS} s (default: %(default)s)")
     p.add_argument("--silence-dbfs", type=float, default=defaults.silence_dbfs,
                    help="clips whose RMS is below this level are rejected as silent (default: %(default)s)")
+    p.add_argument("--min-lufs", type=float, default=defaults.min_lufs,
+                   help="clips whose integrated loudness (EBU R128, before normalisation) is below this are "
+                        "rejected as too_quiet (default: %(default)s; docs/quality.md)")
+    p.add_argument("--max-clipped-fraction", type=float, default=defaults.max_clipped_fraction,
+                   help=f"clips with more than this fraction of samples at |x| >= {loudness.CLIP_LEVEL} full scale are "
+                        "rejected as clipped (default: %(default)s)")
+    p.add_argument("--near-duplicate-threshold", type=float, default=defaults.near_duplicate_threshold,
+                   help="Chromaprint bit agreement at or above which a track is the same recording as a kept one "
+                        "(quarantined near_duplicate; 0 turns the stage off; default: %(default)s, the middle of the "
+                        "measured gap, docs/quality.md)")
+    p.add_argument("--no-near-duplicates", action="store_true",
+                   help="no near-duplicate stage (no fingerprints are computed or written); same as --near-duplicate-threshold 0")
     p.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
                    help="fraction of tracks (by track, deterministic) in the valid split (default: %(default)s)")
     p.add_argument("--original-caption-probability", type=float, default=defaults.original_caption_probability,
@@ -82,7 +96,9 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
             merged["resources"] = {**stages[stage]["resources"], **fields["resources"]}
         stages[stage] = merged
     return CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
-                        silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction,
+                        silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction, min_lufs=a.min_lufs,
+                        max_clipped_fraction=a.max_clipped_fraction,
+                        near_duplicate_threshold=0.0 if a.no_near_duplicates else a.near_duplicate_threshold,
                         original_caption_probability=a.original_caption_probability,
                         caption_backend=a.caption_backend, seed=a.seed, batch_size=a.batch_size,
                         actors_per_stage=a.actors_per_stage, gpus_per_actor=a.gpus_per_actor,

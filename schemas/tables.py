@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2             # 2: clips and corpus carry the clip's loudness (issue 14)
 _META_NAME = b"fluxmusic.table"
 _META_VERSION = b"fluxmusic.schema_version"
 
@@ -39,8 +39,16 @@ _CLIP_IDENTITY = [
     pa.field("content_hash", pa.string(), nullable=False),      # sha256 of the decoded 16 kHz track
 ]
 
+# The clip's loudness, measured on its real samples before any normalisation (pipelines/corpus/loudness.py).
+# NaN on track-level reject rows (nothing was measured).
+_LOUDNESS = [
+    pa.field("loudness_lufs", pa.float32(), nullable=False),     # EBU R128 integrated loudness
+    pa.field("true_peak_dbtp", pa.float32(), nullable=False),    # 4x oversampled peak
+    pa.field("clipped_fraction", pa.float32(), nullable=False),  # samples at |x| >= 0.999 full scale
+]
+
 # What leaves the audio front end: one row per 10.24 s clip (16 kHz mono, float32, not yet normalised).
-CLIPS = _schema("clips", _CLIP_IDENTITY + [
+CLIPS = _schema("clips", _CLIP_IDENTITY + _LOUDNESS + [
     pa.field("audio", pa.binary(), nullable=False),          # float32 [163840]
     pa.field("metadata", pa.map_(pa.string(), pa.string()), nullable=False),  # track metadata: title, artist, caption...
 ])
@@ -58,7 +66,7 @@ QUARANTINE = _schema("quarantine", [
 ])
 
 # The training corpus: one row per clip.
-CORPUS = _schema("corpus", _CLIP_IDENTITY + [
+CORPUS = _schema("corpus", _CLIP_IDENTITY + _LOUDNESS + [
     pa.field("split", pa.string(), nullable=False),          # "train" | "valid", by track
     pa.field("latent_mean", pa.binary(), nullable=False),
     pa.field("latent_std", pa.binary(), nullable=False),

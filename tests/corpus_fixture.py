@@ -63,6 +63,7 @@ def write_tiny_corpus(directory: str | Path, *, n_clips: int = 16, kit: str = "t
             "clip_id": f"{track_id}-{clip_index:05d}", "track_id": track_id, "source_uri": source_uri,
             "clip_index": clip_index, "start_seconds": clip_index * CLIP_SECONDS, "duration_seconds": CLIP_SECONDS,
             "track_clip_count": clips_per_track, "content_hash": hashlib.sha256(source_uri.encode()).hexdigest(),
+            "loudness_lufs": -18.0, "true_peak_dbtp": -1.0, "clipped_fraction": 0.0,
             "split": "valid" if track % 4 == 3 else "train",
             "latent_mean": _fp16(mean), "latent_std": _fp16(std),
             "tags": [{"tag": texts[i].split()[2], "source": "metadata", "score": 1.0}],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from pipelines.corpus import fingerprint, loudness
 from schemas import constants
 
 # Every stage of the pipeline, in order (docs/architecture.md "Batches between stages").
@@ -48,6 +49,9 @@ class CorpusConfig:
     limit: int | None = None
     min_clip_seconds: float = constants.MIN_CLIP_SECONDS
     silence_dbfs: float = constants.SILENCE_DBFS
+    min_lufs: float = loudness.MIN_LUFS                       # clip gate too_quiet
+    max_clipped_fraction: float = loudness.MAX_CLIP_FRACTION  # clip gate clipped
+    near_duplicate_threshold: float = fingerprint.MATCH_THRESHOLD   # 0: no near-duplicate stage
     valid_fraction: float = 0.02
     original_caption_probability: float = constants.CAPTION_ORIGINAL_PROBABILITY
     caption_backend: str = "transformers"   # or "vllm" (GPU clusters)
@@ -69,6 +73,12 @@ class CorpusConfig:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
         base = default_resources(self)[name]
         return StageResources(**{**asdict(base), **self.stage_resources.get(name, {})})
+
+
+def front_end_gates(config: CorpusConfig) -> dict[str, float]:
+    """The gate settings process_track takes: the dedup pre-pass and the front end must use the same ones."""
+    return dict(min_clip_seconds=config.min_clip_seconds, silence_dbfs=config.silence_dbfs,
+                min_lufs=config.min_lufs, max_clipped_fraction=config.max_clipped_fraction)
 
 
 def default_resources(config: CorpusConfig) -> dict[str, StageResources]:

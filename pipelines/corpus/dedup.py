@@ -8,14 +8,29 @@ Rule 2 needs every copy's hash before the first clip leaves the front end (a cli
 cannot be recalled), so `start_registry` runs a hashing pass over the pending tracks first: one extra
 decode per pending track. The plan is written to OUTPUT/dedup/claims.json and the registry actor re-reads
 it whenever Ray restarts it, so a registry that dies mid-run answers exactly as before.
+
+Near-duplicates (the same recording re-encoded, trimmed or with another intro; docs/quality.md §7) are decided
+in the same pass: it also fingerprints each decoded track (Chromaprint), and the driver runs
+`find_near_duplicates` over this run's kept copies against the index of earlier runs' kept tracks
+(OUTPUT/fingerprints/*.parquet). The decisions go to OUTPUT/dedup/near_duplicates.json and travel with each
+pending track into the front end; after the run, the fingerprints of the tracks that kept a clip are written
+as a new OUTPUT/fingerprints/ file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import time
+
+import numpy as np
+import pyarrow as pa
 
 from pipelines import storage
+from pipelines.corpus.fingerprint import ITEMS_PER_SECOND, NearDuplicateIndex, find_near_duplicates
 
 CLAIMS = "dedup/claims.json"
+NEAR_DUPLICATES = "dedup/near_duplicates.json"
+FINGERPRINTS_DIR = "fingerprints"
 
 
 def plan_owners(known: dict[str, str], hashed: list[dict]) -> dict[str, dict[str, str]]:
@@ -70,18 +85,71 @@ class DedupRegistry:
         storage.write_bytes_atomic(self.claims_uri, json.dumps(self.claims, sort_keys=True).encode())
 
 
-def content_claim(source: dict, *, min_clip_seconds: float, silence_dbfs: float) -> dict:
-    """The hashing pass for one track: its content hash, and whether it has a clip to keep (only those claim)."""
-    from pipelines.corpus.frontend import process_track
+def plan_near_duplicates(owners: dict[str, dict[str, str]], hashed: list[dict],
+                         earlier: NearDuplicateIndex) -> dict[str, dict]:
+    """{track_id: {"kept_track_id", "kept_source_uri", "score", "offset"}} for this run's near-duplicates.
 
-    rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs)
+    Only the copies that keep their content hash (owners, from plan_owners) take part: an exact copy is already
+    a `duplicate`. earlier: the index of earlier runs' kept tracks (they win); this run's tracks are taken in
+    (source_uri, track_id) order and the ones kept are added to earlier, which the caller may persist.
+    hashed items need a "fingerprint" (uint32 values); an empty one matches nothing and is not indexed.
+    """
+    tracks = [{"track_id": h["track_id"], "source_uri": h["source_uri"],
+               "fingerprint": np.asarray(h["fingerprint"], np.uint32)} for h in hashed
+              if len(h.get("fingerprint", ())) and owners.get(h["content_hash"], {}).get("track_id") == h["track_id"]]
+    uris = {t["track_id"]: t["source_uri"] for t in tracks}
+    return {track_id: {"kept_track_id": kept, "score": round(float(score), 4), "offset": int(offset),
+                       "kept_source_uri": earlier.source_uri_of(kept) if kept in earlier else uris.get(kept, "")}
+            for track_id, (kept, score, offset) in find_near_duplicates(tracks, earlier).items()}
+
+
+def describe_near(decision: dict) -> str:
+    """The quarantine detail of a near-duplicate: the kept track (its source URI), score and offset."""
+    kept = decision["kept_source_uri"] or f"track {decision['kept_track_id']}"
+    return (f"same recording as {kept} (track {decision['kept_track_id']}): Chromaprint agreement "
+            f"{decision['score']:.3f} at offset {decision['offset']} ({decision['offset'] / ITEMS_PER_SECOND:+.1f} s)")
+
+
+def load_fingerprints(output: str, threshold: float) -> NearDuplicateIndex:
+    """The index of every earlier run's kept tracks, files in name (= time) order: earlier rows were kept earlier."""
+    files = sorted(storage.list_files(storage.join(output, FINGERPRINTS_DIR), ".parquet"))
+    if not files:
+        return NearDuplicateIndex(threshold=threshold)
+    return NearDuplicateIndex.from_table(pa.concat_tables([storage.read_parquet(f) for f in files]),
+                                         threshold=threshold)
+
+
+def write_fingerprints(output: str, hashed: list[dict], kept_tracks: set[str], started: float) -> str | None:
+    """This run's fingerprints of the tracks that ended with a kept clip, as OUTPUT/fingerprints/<time>-<hash>.parquet
+    (written atomically; the name sorts by run start). None when there is nothing to write."""
+    rows = sorted((h for h in hashed if h["track_id"] in kept_tracks and len(h.get("fingerprint", ()))),
+                  key=lambda h: (h["source_uri"], h["track_id"]))        # the order they were kept in
+    if not rows:
+        return None
+    index = NearDuplicateIndex()
+    for h in rows:
+        index.add(h["track_id"], np.asarray(h["fingerprint"], np.uint32), h["source_uri"])
+    digest = hashlib.sha256("\n".join(h["track_id"] for h in rows).encode()).hexdigest()[:16]
+    uri = storage.join(output, FINGERPRINTS_DIR, f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}-{digest}.parquet")
+    storage.write_parquet_atomic(index.to_table(), uri)
+    return uri
+
+
+def content_claim(source: dict, *, gates: dict, fingerprints: bool) -> dict:
+    """The pre-pass for one track: its content hash if it has a clip to keep (only those claim), and the
+    Chromaprint fingerprint of the same decoded audio (no second decode)."""
+    from pipelines.corpus.fingerprint import fingerprint
+    from pipelines.corpus.frontend import analyse_track
+
+    rows, decoded = analyse_track(source, **gates)
     content_hash = next((r["content_hash"] for r in rows if r["content_hash"]), "")
     claims = bool(content_hash) and any(not r["reject_reason"] for r in rows)
+    fp = fingerprint(decoded) if claims and fingerprints and decoded is not None else np.zeros(0, np.uint32)
     return {"track_id": source["track_id"], "source_uri": source["source_uri"],
-            "content_hash": content_hash if claims else ""}
+            "content_hash": content_hash if claims else "", "fingerprint": fp.astype(np.int64).tolist()}
 
 
-def hash_pending(pending: list[dict], *, min_clip_seconds: float, silence_dbfs: float) -> list[dict]:
+def hash_pending(pending: list[dict], *, gates: dict, fingerprints: bool = False) -> list[dict]:
     """content_claim over the pending tracks, in parallel on Ray; only the claiming tracks are returned."""
     import ray.data
 
@@ -91,18 +159,27 @@ def hash_pending(pending: list[dict], *, min_clip_seconds: float, silence_dbfs: 
     ds = ray.data.from_items([{"source_uri": s["source_uri"], "track_id": s["track_id"],
                                "metadata": s.get("metadata") or {}, "problem": s.get("problem", "")}
                               for s in pending], override_num_blocks=len(pending))
-    ds = ds.map(content_claim, num_cpus=1, fn_kwargs=dict(min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs),
+    ds = ds.map(content_claim, num_cpus=1, fn_kwargs=dict(gates=gates, fingerprints=fingerprints),
                 **({"runtime_env": {"env_vars": env}} if env else {}))
     return [r for r in ds.take_all() if r["content_hash"]]
 
 
-def start_registry(output: str, pending: list[dict], known: dict[str, str], *, min_clip_seconds: float,
-                   silence_dbfs: float):
-    """Hash the pending tracks, persist the plan to OUTPUT/dedup/claims.json, and start the registry actor
-    (restarted by Ray if it dies; its calls are retried and it re-reads the plan)."""
+def start_registry(output: str, pending: list[dict], known: dict[str, str], *, gates: dict,
+                   near_duplicate_threshold: float = 0.0):
+    """The dedup plan: hash (and fingerprint) the pending tracks, persist the exact-duplicate plan to
+    OUTPUT/dedup/claims.json and the near-duplicates to OUTPUT/dedup/near_duplicates.json, and start the
+    registry actor (restarted by Ray if it dies; its calls are retried and it re-reads the plan).
+
+    Returns (registry, {track_id: near-duplicate detail}, hashed claims with fingerprints, for write_fingerprints).
+    """
     import ray
 
     claims_uri = storage.join(output, CLAIMS)
-    hashed = hash_pending(pending, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs)
-    storage.write_bytes_atomic(claims_uri, json.dumps(plan_owners(known, hashed), sort_keys=True).encode())
-    return ray.remote(DedupRegistry).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(claims_uri, known)
+    near = near_duplicate_threshold > 0
+    hashed = hash_pending(pending, gates=gates, fingerprints=near)
+    owners = plan_owners(known, hashed)
+    storage.write_bytes_atomic(claims_uri, json.dumps(owners, sort_keys=True).encode())
+    decisions = plan_near_duplicates(owners, hashed, load_fingerprints(output, near_duplicate_threshold)) if near else {}
+    storage.write_bytes_atomic(storage.join(output, NEAR_DUPLICATES), json.dumps(decisions, sort_keys=True).encode())
+    registry = ray.remote(DedupRegistry).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(claims_uri, known)
+    return registry, {t: describe_near(d) for t, d in decisions.items()}, hashed

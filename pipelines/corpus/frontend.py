@@ -8,16 +8,24 @@ import os
 import numpy as np
 
 from pipelines import storage
-from pipelines.corpus import audio, quality
+from pipelines.corpus import audio, loudness, quality
 from pipelines.corpus.sources import BAD_FILE_NAME, read_embedded_tags
 from schemas import constants as C
 
 _SILENT_AUDIO = np.zeros(C.CLIP_SAMPLES, np.float32)   # shared by every rejected row, so read-only
 _SILENT_AUDIO.flags.writeable = False
+_UNMEASURED = {"loudness_lufs": float("nan"), "true_peak_dbtp": float("nan"), "clipped_fraction": float("nan")}
+
+
+def clip_loudness(samples: np.ndarray) -> dict[str, float]:
+    """The clip's loudness columns, measured on its real samples before the peak normalisation hides them."""
+    m = loudness.measure(samples)
+    return {"loudness_lufs": m["lufs"], "true_peak_dbtp": m["true_peak_dbtp"], "clipped_fraction": m["clip_fraction"]}
 
 
 def _row(source: dict, clip_index: int, *, start: float = 0.0, duration: float = 0.0, samples=None,
-         metadata: dict | None = None, stage: str = "", reason: str = "", detail: str = "") -> dict:
+         metadata: dict | None = None, stage: str = "", reason: str = "", detail: str = "",
+         measured: dict[str, float] | None = None) -> dict:
     tid = source["track_id"]
     return {
         # Track-level rows (clip_index -1) carry the track_id as their item id.
@@ -29,6 +37,7 @@ def _row(source: dict, clip_index: int, *, start: float = 0.0, duration: float =
         "duration_seconds": float(duration),
         "track_clip_count": 0,     # filled in once the track's rows are known
         "content_hash": "",
+        **(measured or _UNMEASURED),
         "audio": _SILENT_AUDIO if samples is None else samples,
         "metadata": dict(metadata if metadata is not None else source.get("metadata") or {}),
         "reject_stage": stage,
@@ -51,18 +60,34 @@ def _load(uri: str) -> tuple[audio.AudioSource | None, str, str]:
     return uri, "", ""
 
 
-def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float) -> tuple[list[dict], str]:
+def clip_gates(samples: np.ndarray, silence_dbfs: float, min_lufs: float,
+               max_clipped_fraction: float) -> tuple[quality.Gate, dict[str, float]]:
+    """Every gate of one clip's real samples, in order (non_finite, silent, too_quiet, clipped), and its loudness."""
+    reason, detail = quality.clip_gate(samples, silence_dbfs)
+    if reason == "non_finite":
+        return (reason, detail), dict(_UNMEASURED)
+    measured = clip_loudness(samples)
+    if not reason:
+        reason, detail = loudness.loudness_gate(measured["loudness_lufs"], measured["true_peak_dbtp"],
+                                                measured["clipped_fraction"], min_lufs=min_lufs,
+                                                max_clip_fraction=max_clipped_fraction)
+    return (reason, detail), measured
+
+
+def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float, min_lufs: float,
+                max_clipped_fraction: float) -> tuple[list[dict], str, np.ndarray | None]:
+    """(rows, content hash, decoded 16 kHz audio or None) of one track."""
     if source.get("problem") == BAD_FILE_NAME:
         # The real name is not UTF-8: no corpus row could name it. source_uri shows its bytes as \xNN.
         return [_row(source, -1, stage="discover", reason=BAD_FILE_NAME,
-                     detail="file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8) and re-run")], ""
+                     detail="file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8) and re-run")], "", None
     data, reason, detail = _load(source["source_uri"])
     if data is None:
-        return [_row(source, -1, stage="decode", reason=reason, detail=detail)], ""
+        return [_row(source, -1, stage="decode", reason=reason, detail=detail)], "", None
     try:
         decoded = audio.decode(data)
     except audio.DecodeError as err:
-        return [_row(source, -1, stage="decode", reason="unreadable", detail=str(err))], ""
+        return [_row(source, -1, stage="decode", reason="unreadable", detail=str(err))], "", None
     # Manifest metadata wins over tags embedded in the file.
     metadata = {**read_embedded_tags(data), **(source.get("metadata") or {})}
     digest = quality.content_hash(decoded.audio)
@@ -70,38 +95,51 @@ def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float) -> t
     if reason:
         stage = "decode" if reason == "empty" else "segment"
         return [_row(source, -1, duration=decoded.seconds, metadata=metadata, stage=stage, reason=reason,
-                     detail=detail)], digest
+                     detail=detail)], digest, decoded.audio
 
     segments = audio.segment(decoded.audio, min_clip_seconds)
     rows = []
     for index, (clip, start, length) in enumerate(zip(segments.clips, segments.starts, segments.lengths)):
-        reason, detail = quality.clip_gate(clip[:length], silence_dbfs)
+        (reason, detail), measured = clip_gates(clip[:length], silence_dbfs, min_lufs, max_clipped_fraction)
         rows.append(_row(source, index, start=start / C.SAMPLE_RATE, duration=length / C.SAMPLE_RATE,
-                         samples=None if reason else clip, metadata=metadata,
+                         samples=None if reason else clip, metadata=metadata, measured=measured,
                          stage="quality" if reason else "", reason=reason, detail=detail))
     if segments.tail_length:
         tail_seconds = segments.tail_length / C.SAMPLE_RATE
         rows.append(_row(source, len(rows), start=segments.tail_start / C.SAMPLE_RATE, duration=tail_seconds,
                          metadata=metadata, stage="segment", reason="short_tail",
                          detail=f"tail {tail_seconds:.3f} s < min_clip_seconds {min_clip_seconds:g} s, dropped"))
-    return rows, digest
+    return rows, digest, decoded.audio
 
 
-def process_track(source: dict, *, min_clip_seconds: float = C.MIN_CLIP_SECONDS,
-                  silence_dbfs: float = C.SILENCE_DBFS, skip_clip_ids: frozenset = frozenset()) -> list[dict]:
-    """Decode, segment and gate one track (a dict from sources.discover) into rows of the `clips` contract.
-
-    Kept clips carry float32 [163840] `audio` (as segmented, not normalised, zero-padded tail); rejected rows
-    carry zeros and a reject_stage/reason/detail. Rows whose clip_id is in skip_clip_ids are left out (resume),
-    but track_clip_count always counts every row of the track.
-    """
+def analyse_track(source: dict, *, min_clip_seconds: float = C.MIN_CLIP_SECONDS, silence_dbfs: float = C.SILENCE_DBFS,
+                  min_lufs: float = loudness.MIN_LUFS, max_clipped_fraction: float = loudness.MAX_CLIP_FRACTION
+                  ) -> tuple[list[dict], np.ndarray | None]:
+    """process_track's rows (nothing skipped) and the decoded 16 kHz audio (None when it did not decode), for
+    the dedup pre-pass, which fingerprints that audio instead of decoding the track again."""
     try:
-        rows, digest = _track_rows(source, min_clip_seconds, silence_dbfs)
+        rows, digest, decoded = _track_rows(source, min_clip_seconds, silence_dbfs, min_lufs, max_clipped_fraction)
     except Exception as err:  # noqa: BLE001 - the contract: bad input becomes a row, never an exception
-        rows, digest = [_row(source, -1, stage="frontend", reason="error", detail=f"{type(err).__name__}: {err}")], ""
+        rows, digest, decoded = [_row(source, -1, stage="frontend", reason="error",
+                                      detail=f"{type(err).__name__}: {err}")], "", None
     for row in rows:
         row["track_clip_count"] = len(rows)
         row["content_hash"] = digest
+    return rows, decoded
+
+
+def process_track(source: dict, *, min_clip_seconds: float = C.MIN_CLIP_SECONDS,
+                  silence_dbfs: float = C.SILENCE_DBFS, min_lufs: float = loudness.MIN_LUFS,
+                  max_clipped_fraction: float = loudness.MAX_CLIP_FRACTION,
+                  skip_clip_ids: frozenset = frozenset()) -> list[dict]:
+    """Decode, segment and gate one track (a dict from sources.discover) into rows of the `clips` contract.
+
+    Kept clips carry float32 [163840] `audio` (as segmented, not normalised, zero-padded tail) and their
+    loudness; rejected rows carry zeros and a reject_stage/reason/detail. Rows whose clip_id is in skip_clip_ids
+    are left out (resume), but track_clip_count always counts every row of the track.
+    """
+    rows, _ = analyse_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs,
+                            min_lufs=min_lufs, max_clipped_fraction=max_clipped_fraction)
     return [row for row in rows if row["clip_id"] not in skip_clip_ids]
 
 
@@ -124,21 +162,30 @@ def _normalise_metadata(metadata: dict) -> dict:
     return out
 
 
-def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: float) -> list[dict]:
-    """One track -> its rows; an exact duplicate of an earlier track becomes one track-level rejection."""
+def _track_reject(rows: list[dict], source: dict, reason: str, detail: str) -> list[dict]:
+    """The track's rows replaced by one track-level quarantine row."""
+    return [dict(rows[0], clip_id=source["track_id"], clip_index=-1, track_clip_count=1, **_UNMEASURED,
+                 audio=np.zeros(C.CLIP_SAMPLES, np.float32), duration_seconds=0.0,
+                 reject_stage="quality", reject_reason=reason, reject_detail=detail)]
+
+
+def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: float,
+              min_lufs: float = loudness.MIN_LUFS, max_clipped_fraction: float = loudness.MAX_CLIP_FRACTION
+              ) -> list[dict]:
+    """One track -> its rows; an exact duplicate of an earlier track, or a near-duplicate the dedup plan
+    decided (source["near_duplicate"]: its detail), becomes one track-level rejection."""
     import ray
 
-    rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs,
-                         skip_clip_ids=frozenset(source.get("skip_ids", ())))
+    rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs, min_lufs=min_lufs,
+                         max_clipped_fraction=max_clipped_fraction, skip_clip_ids=frozenset(source.get("skip_ids", ())))
     content_hash = next((r["content_hash"] for r in rows if r["content_hash"]), "")
     ok = [r for r in rows if not r["reject_reason"]]
     if content_hash and ok:
         original = ray.get(registry.claim.remote(content_hash, source["track_id"], source["source_uri"]))
         if original:
-            first = rows[0]
-            rows = [dict(first, clip_id=source["track_id"], clip_index=-1, track_clip_count=1,
-                         audio=np.zeros(C.CLIP_SAMPLES, np.float32), duration_seconds=0.0,
-                         reject_stage="quality", reject_reason="duplicate", reject_detail=f"same audio as {original}")]
+            rows = _track_reject(rows, source, "duplicate", f"same audio as {original}")
+        elif source.get("near_duplicate"):
+            rows = _track_reject(rows, source, "near_duplicate", source["near_duplicate"])
     for row in rows:
         row["metadata"] = _normalise_metadata(row.get("metadata"))
     return rows

@@ -13,8 +13,8 @@ from collections import Counter
 
 from pipelines import storage
 from pipelines.corpus.account import build_manifest
-from pipelines.corpus.config import CorpusConfig
-from pipelines.corpus.dedup import start_registry
+from pipelines.corpus.config import CorpusConfig, front_end_gates
+from pipelines.corpus.dedup import start_registry, write_fingerprints
 from pipelines.corpus.index import OutputIndex
 from pipelines.corpus.ledger import ledger_of
 from pipelines.corpus.writer import start_writers, write_null_text
@@ -43,8 +43,7 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
                     fn_constructor_kwargs=constructor, **stage.ray_options(), **env)
 
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
-    ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, min_clip_seconds=config.min_clip_seconds,
-                                               silence_dbfs=config.silence_dbfs), **tasks("frontend"))
+    ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, **front_end_gates(config)), **tasks("frontend"))
     ds = ds.map_batches(add_log_mel, batch_size=config.batch_size, **tasks("mel"))
     ds = ds.map_batches(VaeStage, **actors("vae", kit))
     ds = ds.map_batches(add_signal_tags, batch_size=config.batch_size, **tasks("descriptors"))
@@ -120,10 +119,13 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
 
     run: Counter = Counter()
     if pending:
-        registry = start_registry(config.output, pending, ledger.hashes, min_clip_seconds=config.min_clip_seconds,
-                                  silence_dbfs=config.silence_dbfs)
+        registry, near, hashed = start_registry(config.output, pending, ledger.hashes, gates=front_end_gates(config),
+                                                near_duplicate_threshold=config.near_duplicate_threshold)
+        pending = [dict(s, near_duplicate=near.get(s["track_id"], "")) for s in pending]
         run = run_stream(config, pending, registry)
         index.refresh()                           # reads only the entries this run committed
+        # Only now: a track is indexed for later runs once it holds a committed corpus clip.
+        write_fingerprints(config.output, hashed, ledger_of(index).corpus_tracks, started)
     dims = write_null_text(config)
     manifest = build_manifest(config, kit, sources, dims, index, run, time.time() - started)
     manifest["ignored"] = discovery.ignored.as_dict()      # every file that is not audio, by kind

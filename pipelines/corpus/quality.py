@@ -19,6 +19,13 @@ REASONS = {
     "silent": ("quality", "the clip's RMS (before normalisation) is below silence_dbfs"),
     "duplicate": ("quality", "the decoded track has the content hash of another track (kept: an earlier run's copy, "
                              "else the smallest source_uri; pipelines/corpus/dedup.py)"),
+    "near_duplicate": ("quality", "the track is the same recording as a kept track (Chromaprint agreement >= the "
+                                  "near-duplicate threshold: a re-encode, trim or new intro); detail names the kept "
+                                  "track, score and offset (pipelines/corpus/dedup.py)"),
+    "too_quiet": ("quality", "the clip's integrated loudness (EBU R128, before normalisation) is below min_lufs, "
+                             "or it has no gated 400 ms block"),
+    "clipped": ("quality", "the fraction of the clip's samples at |x| >= 0.999 full scale is above "
+                           "max_clipped_fraction"),
     "bad_file_name": ("discover", "the file name is not valid UTF-8 (source_uri shows its bytes as \\xNN); rename it"),
     "error": ("frontend", "an unexpected exception; detail holds its text"),
 }
