@@ -1,5 +1,5 @@
-"""Loudness of decoded audio: EBU R128 integrated loudness, true peak and clipping, and their track gate
-(docs/quality.md). Measured on the decoded 16 kHz mono track, before any normalisation."""
+"""Loudness of decoded audio: EBU R128 integrated loudness, true peak and clipping, and their gate
+(docs/quality.md). Measured on decoded 16 kHz mono audio (the front end: each clip), before any normalisation."""
 from __future__ import annotations
 
 import functools
@@ -7,6 +7,7 @@ import functools
 import numpy as np
 from scipy import signal
 
+from pipelines.corpus import quality
 from pipelines.corpus.quality import PASS, Gate
 from schemas import constants as C
 
@@ -18,11 +19,8 @@ MAX_CLIP_FRACTION = 0.005     # 7x the most clipped real excerpt, 2.3x below the
 TARGET_LUFS = -23.0           # EBU R128 programme loudness, for the optional normaliser
 TRUE_PEAK_OVERSAMPLING = 4    # BS.1770-4 annex 2: 4x oversampling at 48 kHz and below
 
-# reason -> (stage, meaning), in the style of quality.REASONS.
-REASONS = {
-    "too_quiet": ("quality", "integrated loudness (EBU R128) of the decoded track below min_lufs, or no gated block"),
-    "clipped": ("quality", "fraction of decoded samples at |x| >= 0.999 full scale above max_clip_fraction"),
-}
+# The gate's reasons, as quality.REASONS (the one table) states them.
+REASONS = {reason: quality.REASONS[reason] for reason in ("too_quiet", "clipped")}
 
 
 @functools.cache
@@ -63,7 +61,7 @@ def clip_fraction(audio: np.ndarray, level: float = CLIP_LEVEL) -> float:
 
 def loudness_gate(lufs: float, true_peak: float, clip_fraction: float, *, min_lufs: float = MIN_LUFS,
                   max_clip_fraction: float = MAX_CLIP_FRACTION) -> Gate:
-    """too_quiet / clipped for one track's measurements (reason "" passes). true_peak goes into the detail
+    """too_quiet / clipped for one clip's (or track's) measurements (reason "" passes). true_peak goes into the detail
     only: lossy encodes of loud masters often peak above 0 dBTP without audible damage."""
     if not lufs >= min_lufs:             # also catches -inf and NaN
         return "too_quiet", f"integrated loudness {lufs:.1f} LUFS < min_lufs {min_lufs:g} LUFS"
