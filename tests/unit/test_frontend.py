@@ -150,3 +150,22 @@ def test_demo_corpus_small_end_to_end(tmp_path):
         assert by_name["frontiers.mp3"]["metadata"]["title"] == "Frontiers"      # embedded ID3
     assert by_name["calm_acoustic_1.opus"]["metadata"]["caption"].startswith("A calm acoustic")
     _clips_table(rows)
+
+
+def test_clip_gates_measure_loudness_and_reject_quiet_and_clipped_clips():
+    from pipelines.corpus.frontend import clip_gates
+
+    t = np.arange(C.CLIP_SAMPLES) / C.SAMPLE_RATE
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    gates = dict(silence_dbfs=C.SILENCE_DBFS, min_lufs=-45.0, max_clipped_fraction=0.005)
+    (reason, _), measured = clip_gates(0.3 * tone, **gates)
+    assert reason == "" and -15 < measured["loudness_lufs"] < -5 and measured["clipped_fraction"] == 0.0
+    assert -11.5 < measured["true_peak_dbtp"] < -10                      # 20 log10(0.3)
+    (reason, detail), measured = clip_gates(0.003 * tone, **gates)      # RMS -53 dBFS: not silent, too quiet
+    assert reason == "too_quiet" and "LUFS" in detail and measured["loudness_lufs"] < -45
+    (reason, detail), measured = clip_gates(np.clip(3 * tone, -1, 1), **gates)
+    assert reason == "clipped" and measured["clipped_fraction"] > 0.5 and "dBTP" in detail
+    (reason, _), measured = clip_gates(np.zeros(C.CLIP_SAMPLES, np.float32), **gates)
+    assert reason == "silent"
+    (reason, _), measured = clip_gates(np.full(10, np.nan, np.float32), **gates)
+    assert reason == "non_finite" and np.isnan(measured["loudness_lufs"])
