@@ -53,7 +53,8 @@ def music():
     folder.mkdir()
     hostile = write_hostile_inputs(folder)
     write_tone_track(folder / "song a.flac", seconds=25.0, sr=44_100, channels=2, fmt="flac")   # 2 clips + short tail
-    write_tone_track(folder / "song b.wav", seconds=16.0, sr=22_050, channels=1, fmt="wav")    # 1 clip + padded tail
+    # Seeds differ: the same synthetic music twice is a near-duplicate (docs/quality.md §7).
+    write_tone_track(folder / "song b.wav", seconds=16.0, sr=22_050, channels=1, fmt="wav", seed=8)  # 1 clip + padded tail
     (folder / "metadata.csv").write_text("file_name,caption,genre\nsong b.wav,a calm test melody,ambient\n")
     return folder, hostile
 
@@ -141,7 +142,7 @@ def test_rerun_resumes_and_adds_new_inputs(music, corpus_run, tmp_path):
     os.remove(lost)
     extra = tmp_path / "more"
     extra.mkdir()
-    write_tone_track(extra / "song c.ogg", seconds=11.0, sr=48_000, channels=2, fmt="ogg")
+    write_tone_track(extra / "song c.ogg", seconds=11.0, sr=48_000, channels=2, fmt="ogg", seed=9)
     config2 = CorpusConfig(**{**config.__dict__, "inputs": config.inputs + [str(extra)]})
     manifest = prepare_corpus(config2, progress=lambda *_: None)
     corpus2, quarantine2 = account(config.output)
