@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import storage
-from pipelines.corpus.config import CorpusConfig
+from pipelines.corpus.config import (QUARANTINE_SHARD_ROWS, ROW_GROUP_ROWS, SHARD_BYTES, SHARD_ROWS,
+                                     CorpusConfig)
 from pipelines.corpus.index import entry_of, shard_name, write_entry
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, conform
 from schemas.manifest import CORPUS_DIR, NULL_TEXT_DIR, NULL_TEXT_FILE, QUARANTINE_DIR
@@ -140,8 +141,9 @@ class CorpusWriter:
 
     def __init__(self, output: str, valid_fraction: float, **targets):
         self.valid_fraction = valid_fraction
-        self.shards = ShardWriter(output, **{"shard_rows": 1024, "shard_bytes": 512 * 2**20, "row_group_rows": 64,
-                                             "quarantine_shard_rows": 8192, **targets})
+        self.shards = ShardWriter(output, **{"shard_rows": SHARD_ROWS, "shard_bytes": SHARD_BYTES,
+                                             "row_group_rows": ROW_GROUP_ROWS,
+                                             "quarantine_shard_rows": QUARANTINE_SHARD_ROWS, **targets})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.shards.add(*batch_tables(batch, self.valid_fraction))
