@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -67,8 +68,10 @@ def test_report_page_shows_the_corpus_with_every_user_string_escaped(corpus, rep
     assert "Ann &amp; &lt;Bob&gt;" in page and "CC-BY-4.0 &quot;test&quot; &lt;i&gt;" in page  # attribution
     assert "&lt;b&gt;bold&lt;/b&gt;" in page                                 # a metadata tag
     assert "tone &amp; &lt;one&gt;.flac" in page                             # a file name
-    for text in ("Quarantine", "empty", "short_tail", "not recorded", "tiny://vae", "Caption mix", "Latents"):
+    for text in ("Quarantine", "empty", "short_tail", "Ignored inputs", "tiny://vae", "Caption mix", "Latents"):
         assert text in page, text
+    ignored = json.loads(storage.read_bytes(storage.join(corpus, "manifest.json")))["ignored"]  # prepare_corpus records it
+    assert f"{ignored['count']} files under the inputs were not taken as audio" in page
     data = read_report_data(corpus, audio=False)
     assert data.clips == 3 and len(data.samples) == 3                      # fewer clips than the default 12
     srcs = _sources(page)
