@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
     p.add_argument("--max-clipped-fraction", type=float, default=defaults.max_clipped_fraction,
                    help=f"clips with more than this fraction of samples at |x| >= {loudness.CLIP_LEVEL} full scale are "
                         "rejected as clipped (default: %(default)s)")
+    p.add_argument("--normalise-loudness", type=float, default=defaults.normalise_loudness, metavar="LUFS",
+                   help="normalise each clip to this integrated loudness (peak at most 1.0) before the mel, instead "
+                        "of the paper's peak of 0.5; off by default (docs/quality.md)")
     p.add_argument("--near-duplicate-threshold", type=float, default=defaults.near_duplicate_threshold,
                    help="Chromaprint bit agreement at or above which a track is the same recording as a kept one "
                         "(quarantined near_duplicate; 0 turns the stage off; default: %(default)s, the middle of the "
@@ -97,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
         stages[stage] = merged
     return CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
                         silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction, min_lufs=a.min_lufs,
-                        max_clipped_fraction=a.max_clipped_fraction,
+                        max_clipped_fraction=a.max_clipped_fraction, normalise_loudness=a.normalise_loudness,
                         near_duplicate_threshold=0.0 if a.no_near_duplicates else a.near_duplicate_threshold,
                         original_caption_probability=a.original_caption_probability,
                         caption_backend=a.caption_backend, seed=a.seed, batch_size=a.batch_size,

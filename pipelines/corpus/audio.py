@@ -199,12 +199,12 @@ def _window() -> torch.Tensor:
 MEL_CHUNK = 2   # clips per STFT call: small chunks stay in cache and measured ~2x faster than one big batch
 
 
-def _log_mel_chunk(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    for row, n in zip(x, lengths):                      # normalise the real part in place; padding stays zero
+def _log_mel_chunk(x: torch.Tensor, lengths: list[int], peaks: list[float]) -> torch.Tensor:
+    for row, n, peak in zip(x, lengths, peaks):         # normalise the real part in place; padding stays zero
         if n:
             real = row[:n]
             real -= real.mean()
-            real *= C.PEAK_LEVEL / (real.abs().max() + 1e-8)
+            real *= peak / (real.abs().max() + 1e-8)
         row[n:] = 0.0
     spec = torch.stft(x, C.N_FFT, C.HOP_LENGTH, C.WIN_LENGTH, window=_window(), center=True,
                       pad_mode="reflect", return_complex=True)                  # [b, 513, 1025]
@@ -214,22 +214,25 @@ def _log_mel_chunk(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     return log_mel.transpose(1, 2)[:, :C.MEL_FRAMES]                            # [b, 1024, 64]
 
 
-def clips_to_log_mel(clips: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+def clips_to_log_mel(clips: np.ndarray, lengths: np.ndarray | None = None,
+                     peaks: np.ndarray | None = None) -> np.ndarray:
     """[B, 163840] waveforms (as segmented) -> float32 [B, 1024, 64] log-mel, spec §1 exactly.
 
     Each clip is normalised over its real samples (`lengths`, or up to its last non-zero sample; samples
-    beyond are padding and stay zero), then: centred reflect-padded STFT (n_fft 1024, hop 160, periodic
+    beyond are padding and stay zero) to the peak PEAK_LEVEL (or its own entry of `peaks`: the optional
+    loudness normalisation, pipelines/corpus/loudness.py), then: centred reflect-padded STFT (n_fft 1024, hop 160, periodic
     Hann), magnitude, Slaney mel 0-8 kHz, ln(max(., 1e-5)), time-major, the 1025th frame dropped.
     """
     clips = np.asarray(clips, dtype=np.float32)
     if clips.ndim != 2 or clips.shape[1] != C.CLIP_SAMPLES:
         raise ValueError(f"expected clips [B, {C.CLIP_SAMPLES}], got {clips.shape}")
     lengths = [real_length(c) for c in clips] if lengths is None else [int(n) for n in lengths]
+    peaks = [C.PEAK_LEVEL] * len(clips) if peaks is None else [float(p) for p in peaks]
     out = np.empty((len(clips), C.MEL_FRAMES, C.N_MELS), np.float32)
     with torch.inference_mode():
         for i in range(0, len(clips), MEL_CHUNK):
             out[i:i + MEL_CHUNK] = _log_mel_chunk(torch.tensor(clips[i:i + MEL_CHUNK]),  # a copy: normalised in place
-                                                  lengths[i:i + MEL_CHUNK]).numpy()
+                                                  lengths[i:i + MEL_CHUNK], peaks[i:i + MEL_CHUNK]).numpy()
     return out
 
 

@@ -51,6 +51,7 @@ class CorpusConfig:
     silence_dbfs: float = constants.SILENCE_DBFS
     min_lufs: float = loudness.MIN_LUFS                       # clip gate too_quiet
     max_clipped_fraction: float = loudness.MAX_CLIP_FRACTION  # clip gate clipped
+    normalise_loudness: float | None = None                   # LUFS target instead of the paper's peak 0.5 (off)
     near_duplicate_threshold: float = fingerprint.MATCH_THRESHOLD   # 0: no near-duplicate stage
     valid_fraction: float = 0.02
     original_caption_probability: float = constants.CAPTION_ORIGINAL_PROBABILITY

@@ -191,11 +191,15 @@ def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: 
     return rows
 
 
-def add_log_mel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def add_log_mel(batch: dict[str, np.ndarray], loudness_target: float | None = None) -> dict[str, np.ndarray]:
+    """The mel stage; with loudness_target (LUFS) each clip is normalised to that loudness instead of peak 0.5."""
     ok = batch["reject_reason"] == ""
     mel = np.zeros((len(ok), C.MEL_FRAMES, C.N_MELS), np.float32)
     if ok.any():
         lengths = np.round(np.asarray(batch["duration_seconds"][ok]) * C.SAMPLE_RATE).astype(np.int64)
-        mel[ok] = audio.clips_to_log_mel(np.asarray(batch["audio"][ok], np.float32), lengths=lengths)
+        clips = np.asarray(batch["audio"][ok], np.float32)
+        peaks = None if loudness_target is None else [
+            loudness.loudness_peak(clip[:n], loudness_target) for clip, n in zip(clips, lengths)]
+        mel[ok] = audio.clips_to_log_mel(clips, lengths=lengths, peaks=peaks)
     batch["mel"] = mel
     return batch

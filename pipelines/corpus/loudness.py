@@ -77,6 +77,23 @@ def measure(audio16k: np.ndarray) -> dict[str, float]:
             "clip_fraction": clip_fraction(audio16k)}
 
 
+def loudness_peak(audio: np.ndarray, target_lufs: float = TARGET_LUFS, max_peak: float = 1.0,
+                  rate: int = C.SAMPLE_RATE) -> float:
+    """The peak a clip is normalised to so that it measures target_lufs, at most max_peak (so nothing clips).
+
+    The optional loudness normalisation of the corpus job replaces the front end's fixed peak of PEAK_LEVEL by
+    this per-clip peak (mean removed first, as the peak step does); a silent or too short clip keeps PEAK_LEVEL."""
+    x = np.asarray(audio, dtype=np.float64)
+    x = x - x.mean() if x.size else x
+    top = float(np.abs(x).max()) if x.size else 0.0
+    if top == 0.0:
+        return C.PEAK_LEVEL
+    lufs = integrated_lufs((x / top * C.PEAK_LEVEL).astype(np.float32), rate)
+    if not np.isfinite(lufs):
+        return C.PEAK_LEVEL
+    return float(min(max_peak, C.PEAK_LEVEL * 10.0 ** ((target_lufs - lufs) / 20.0)))
+
+
 def normalise_loudness(audio: np.ndarray, target_lufs: float = TARGET_LUFS, rate: int = C.SAMPLE_RATE) -> np.ndarray:
     """Gain audio to target_lufs integrated loudness (float32; unchanged when silent). Off by default in the
     pipeline: the paper's front end normalises each clip's peak to 0.5 instead, and a gain here would be undone."""

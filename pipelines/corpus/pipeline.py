@@ -44,7 +44,8 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
 
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, **front_end_gates(config)), **tasks("frontend"))
-    ds = ds.map_batches(add_log_mel, batch_size=config.batch_size, **tasks("mel"))
+    ds = ds.map_batches(add_log_mel, batch_size=config.batch_size, fn_kwargs={"loudness_target": config.normalise_loudness},
+                        **tasks("mel"))
     ds = ds.map_batches(VaeStage, **actors("vae", kit))
     ds = ds.map_batches(add_signal_tags, batch_size=config.batch_size, **tasks("descriptors"))
     ds = ds.map_batches(TagStage, **actors("tags", kit))

@@ -169,3 +169,28 @@ def test_clip_gates_measure_loudness_and_reject_quiet_and_clipped_clips():
     assert reason == "silent"
     (reason, _), measured = clip_gates(np.full(10, np.nan, np.float32), **gates)
     assert reason == "non_finite" and np.isnan(measured["loudness_lufs"])
+
+
+def test_loudness_normalisation_levels_clips_before_the_mel():
+    """Off: every clip is peak-normalised (a quiet and a loud copy give one mel). On: each clip is gained to the
+    target loudness, a loud clip's peak capped at 1.0, and the mel moves by exactly that gain."""
+    from pipelines.corpus import audio, loudness
+    from pipelines.corpus.frontend import add_log_mel
+
+    t = np.arange(C.CLIP_SAMPLES) / C.SAMPLE_RATE
+    tone = (np.sin(2 * np.pi * 440 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))).astype(np.float32)
+    clips = np.stack([0.05 * tone, 0.8 * tone])
+    batch = {"reject_reason": np.array(["", ""], dtype=object), "audio": clips,
+             "duration_seconds": np.full(2, C.CLIP_SECONDS)}
+    plain = add_log_mel(dict(batch))["mel"]
+    above = plain[0] > np.log(C.LOG_MEL_FLOOR) + 4                    # well above the floor (rounding lives there)
+    np.testing.assert_allclose(plain[0][above], plain[1][above], atol=1e-3)   # the peak step hides the gain
+    levelled = add_log_mel(dict(batch), loudness_target=-30.0)["mel"]
+    peak = loudness.loudness_peak(clips[0], -30.0)
+    assert 0.0 < peak < 1.0 and peak == pytest.approx(loudness.loudness_peak(clips[1], -30.0), rel=1e-3)
+    expected = audio.clips_to_log_mel(clips[:1], peaks=[peak])[0]
+    np.testing.assert_allclose(levelled[0], expected, atol=1e-4)
+    loud = np.log(peak / C.PEAK_LEVEL)                                  # the mel shifts by ln(gain) above the floor
+    assert np.median(levelled[0][above] - plain[0][above]) == pytest.approx(loud, abs=1e-3)
+    assert loudness.loudness_peak(clips[0], 0.0) == 1.0                 # a target too loud is capped: nothing clips
+    assert loudness.loudness_peak(np.zeros(C.CLIP_SAMPLES, np.float32), -23.0) == C.PEAK_LEVEL
