@@ -85,3 +85,17 @@ def write_hostile_inputs(folder: str) -> dict[str, str]:
     write_tone_track(at(odd), sr=48_000, fmt="ogg", seed=6)
     expected[odd] = ""
     return expected
+
+
+def decode_with_peak_memory(path: str):
+    """(decoded, peak bytes traced while pipelines.corpus.audio.decode ran): for the decoder's memory bound."""
+    import tracemalloc
+
+    from pipelines.corpus import audio
+
+    tracemalloc.start()
+    try:
+        decoded = audio.decode(path)
+        return decoded, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

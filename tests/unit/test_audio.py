@@ -13,7 +13,7 @@ import soxr
 from pipelines.corpus import audio
 from pipelines.corpus.demo import synth_track
 from schemas import constants as C
-from tests.audio_fixtures import write_tone_track
+from tests.audio_fixtures import decode_with_peak_memory, write_tone_track
 
 # |ours - numpy float64 reference| in log-mel units (nats), measured on synthetic music: max ~2.2e-3, mean ~2e-5.
 # float32 STFT error is ~1e-7 of a frame's peak magnitude, so only bins ~80 dB below the peak (mel ~1e-4, just
@@ -163,18 +163,12 @@ def test_log_mel_of_silence_is_the_floor_and_bad_shapes_are_refused():
 
 
 def test_decode_is_streamed_never_holding_the_full_rate_track(tmp_path):
-    import tracemalloc
     path = str(tmp_path / "long.wav")
     rng = np.random.default_rng(0)
     with sf.SoundFile(path, "w", samplerate=48_000, channels=6, subtype="PCM_16") as f:
         for _ in range(30):                                    # 30 s of 6-channel 48 kHz noise, written per second
             f.write(rng.uniform(-0.5, 0.5, (48_000, 6)))
     full_rate_bytes = 30 * 48_000 * 6 * 4                      # 34.6 MB as float32
-    tracemalloc.start()
-    try:
-        decoded = audio.decode(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    decoded, peak = decode_with_peak_memory(path)
     assert len(decoded.audio) == 30 * C.SAMPLE_RATE
     assert peak < full_rate_bytes / 4, f"peak {peak / 1e6:.1f} MB"   # blocks + the 1.9 MB 16 kHz result

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import tracemalloc
 import unicodedata
 
 import numpy as np
@@ -15,6 +14,7 @@ import soundfile as sf
 
 from pipelines.corpus import audio, sources
 from pipelines.corpus.frontend import process_track
+from tests.audio_fixtures import decode_with_peak_memory
 
 REAL_MUSIC = "/usr/share/games/asc/music/frontiers.mp3"       # Debian asc-music: 22.05 kHz stereo MP3
 pytestmark = pytest.mark.skipif(not os.path.exists(REAL_MUSIC) or not shutil.which("ffmpeg"),
@@ -107,12 +107,7 @@ def test_long_track_decodes_within_a_memory_bound(tmp_path):
     holds for a 3-hour track, whose result is 691 MB (docs/inputs.md)."""
     long = str(tmp_path / "long.wav")
     ffmpeg("-stream_loop", "-1", "-i", REAL_MUSIC, "-t", "1200", "-ar", "44100", "-c:a", "pcm_s16le", long)
-    tracemalloc.start()
-    try:
-        decoded = audio.decode(long)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    decoded, peak = decode_with_peak_memory(long)
     result = decoded.audio.nbytes
     assert decoded.seconds == pytest.approx(1200, abs=0.5)
     native = 1200 * 44_100 * 2 * 4
