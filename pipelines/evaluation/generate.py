@@ -27,28 +27,55 @@ def parse_encoders(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
+def resolve_checkpoint(path: str) -> str:
+    """The folder a --checkpoint names: a release folder, a checkpoint folder (or its state.pt), or a run
+    folder (its latest checkpoint_step_NNNNNNNN/); local or s3://."""
+    from pipelines.training.release import is_release
+
+    if path.endswith(".pt"):
+        return path.rsplit("/", 1)[0]
+    if storage.exists(storage.join(path, "state.pt")) or is_release(path):
+        return path
+    states = [f for f in storage.list_files(path, "/state.pt") if "/checkpoint_step_" in f]
+    if not states:
+        raise FileNotFoundError(f"no checkpoint (state.pt) or release (config.json + ema.safetensors) in {path}")
+    return states[-1].rsplit("/", 1)[0]
+
+
 def load_checkpoint_state(path: str) -> dict:
-    """state.pt of a training checkpoint (the file, its folder, or a run folder: its latest checkpoint;
-    local or s3://), loaded with weights_only."""
-    if not path.endswith(".pt"):
-        path = storage.join(path, "state.pt")
-        if not storage.exists(path):    # a run folder: checkpoint_step_NNNNNNNN/ sort by step
-            states = [f for f in storage.list_files(path.rsplit("/", 1)[0], "/state.pt") if "/checkpoint_step_" in f]
-            if not states:
-                raise FileNotFoundError(f"no checkpoint (state.pt) in {path.rsplit('/', 1)[0]}")
-            path = states[-1]
-    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    """state.pt of a training checkpoint (see resolve_checkpoint), loaded with weights_only: model_config and
+    the training position; the weights too for a format-1 checkpoint. A release folder gives
+    {"format": "release", "model_config": its config.json, "step": ...}."""
+    from pipelines.training.release import is_release, read_release_config
+
+    folder = resolve_checkpoint(path)
+    if is_release(folder):
+        config = read_release_config(folder)
+        return {"format": "release", "model_config": config, "step": config.get("step")}
+    raw = storage.read_bytes(storage.join(folder, "state.pt"))
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
 
 
 def model_from_checkpoint(path: str, weights: str = "ema") -> tuple[nn.Module, dict]:
-    """(FluxMusic with the checkpoint's `weights` ("ema" | "model"), its model_config)."""
-    from model import build_model
+    """(FluxMusic with the `weights` ("ema" | "model") of a checkpoint or release folder, its model_config).
 
-    state = load_checkpoint_state(path)
+    Format-2 (DCP) checkpoints are read shard by shard into one CPU copy of the model, in this process (no
+    process group); a release folder from its safetensors file."""
+    from model import build_model
+    from pipelines.training.checkpoint import load_weights
+    from pipelines.training.release import model_from_release
+
+    folder = resolve_checkpoint(path)
+    state = load_checkpoint_state(folder)
+    if state.get("format") == "release":
+        return model_from_release(folder, weights)
     info = state["model_config"]
     model = build_model(info["size"], context_in_dim=int(info["context_in_dim"]),
                         vec_in_dim=int(info["vec_in_dim"]), device="meta")
-    model.load_state_dict(state[weights], assign=True)
+    if weights in state:                        # format 1: full weights inside state.pt
+        model.load_state_dict(state[weights], assign=True)
+    else:
+        load_weights(folder, weights, model.to_empty(device="cpu"))
     return model.float().eval(), info
 
 
@@ -95,6 +122,16 @@ class Generator:
         self.scaling_factor = float(scaling_factor or self.mel_decoder.scaling_factor)
         null_t5, null_clap = self.text.encode([""])
         self.null_t5, self.null_clap = torch.from_numpy(null_t5[0]), torch.from_numpy(null_clap[0])
+
+    def to(self, device: str) -> "Generator":
+        """Flow model, text encoders, VAE decoder and vocoder to `device` (and generation with them)."""
+        from pipelines.evaluation.placement import move_to
+
+        return move_to(self, device)
+
+    def release(self) -> "Generator":
+        """Off the accelerator: everything to the CPU (training previews call this after each preview)."""
+        return self.to("cpu")
 
     def condition(self, prompts: list[str], encoders: tuple[str, ...] | None = None) -> dict:
         t5, clap = self.text.encode(prompts)

@@ -46,7 +46,7 @@ def prompt_set_of(config: EvalConfig) -> PromptSet:
     elif config.hf_dataset:
         prompt_set = read_hf_dataset(config.hf_dataset)
     else:
-        prompt_set = read_corpus(config.corpus, config.split)
+        prompt_set = read_corpus(config.corpus, config.split, limit=config.num_clips)   # decodes only those
     return prompt_set.head(config.num_clips)
 
 
