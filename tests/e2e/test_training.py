@@ -122,7 +122,7 @@ def _scalars(folder: str) -> dict[str, list[int]]:
 
 
 def test_resume_at_another_world_size_and_strategy_with_release(ray_local, corpus, tmp_path):
-    """2-worker FSDP shards resume on 1 DDP worker (DCP re-shards; fresh derived RNG); val_loss of every step
+    """2-worker FSDP shards (one saved asynchronously) resume on 1 DDP worker (DCP re-shards; fresh derived RNG); val_loss of every step
     reaches Ray/TensorBoard though --log-every is larger; the run ends with a release equal to its EMA."""
     from pipelines.training.release import read_release_config, read_release_weights
 
@@ -130,8 +130,12 @@ def test_resume_at_another_world_size_and_strategy_with_release(ray_local, corpu
     base = TrainConfig(size="tiny", data=corpus, storage=runs, run_name="reshard", global_batch_size=8,
                        micro_batch_size=2, lr=1e-3, ema_every=1, ema_decay=0.9, seed=4, cpus_per_worker=0.25,
                        log_every=100, val_every=1)
-    run_training(replace(base, num_workers=2, strategy="fsdp", max_steps=2, checkpoint_every=2))
-    halfway = _state(runs, "reshard")
+    # step 1's checkpoint is written in the background (dcp.async_save) and reported at step 2
+    run_training(replace(base, num_workers=2, strategy="fsdp", max_steps=2, checkpoint_every=1,
+                         async_checkpoint=True))
+    first, second = list_checkpoints(runs, "reshard")
+    assert first.endswith("00000001") and load_state(first)["step"] == 1
+    halfway = load_state(second)
     assert halfway["world"] == 2 and halfway["strategy"] == "fsdp"
     result = run_training(replace(base, num_workers=1, strategy="ddp", max_steps=3, checkpoint_every=3),
                           resume=True)

@@ -30,3 +30,20 @@ def test_batch_arithmetic_ema_and_buckets():
     assert torch.allclose(ema[0], torch.full((3,), 0.1))
     sums, counts = t_bucket_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.1, 0.3, 0.99]))
     assert sums.tolist() == [1.0, 2.0, 0.0, 3.0] and counts.tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_val_and_preview_steps_are_always_reported():
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.loop import report_due
+
+    cfg = TrainConfig(log_every=10, checkpoint_every=100)
+    assert not report_due(3, cfg, last=False, computed_extra=False)
+    assert report_due(3, cfg, last=False, computed_extra=True)           # val_loss / eval_* / preview at step 3
+    assert report_due(20, cfg, last=False, computed_extra=False) and report_due(7, cfg, last=True, computed_extra=False)
+
+
+def test_derived_seeds_differ_per_rank_and_step():
+    from pipelines.training.checkpoint import derived_seed
+
+    seeds = {derived_seed(0, rank, step) for rank in range(4) for step in (10, 11)}
+    assert len(seeds) == 8 and derived_seed(0, 1, 10) == derived_seed(0, 1, 10)
