@@ -94,13 +94,22 @@ def local_folder(uri: str) -> Iterator[str]:
         yield uri
         return
     with tempfile.TemporaryDirectory(prefix="fluxmusic-ckpt-") as folder:
-        prefix = uri.rstrip("/") + "/"
-        for file in storage.list_files(uri):
-            path = os.path.join(folder, file[len(prefix):])
+        for relative in all_files(uri):
+            path = os.path.join(folder, relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
-                f.write(storage.read_bytes(file))
+                f.write(storage.read_bytes(storage.join(uri, relative)))
         yield folder
+
+
+def all_files(uri: str) -> list[str]:
+    """Every file below uri as a relative path, hidden ones included: DCP names its files `.metadata` and
+    `__R_0.distcp`, which storage.list_files skips (it hides "." and "_" names, like Parquet readers do)."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(root):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
 
 
 def sharded_state(state: TrainState) -> dict:
