@@ -1,4 +1,4 @@
-"""Generate 10.24 s clips at 16 kHz from a training checkpoint: one WAV + mel PNG per prompt.
+"""Generate 10.24 s clips at 16 kHz from a training checkpoint or release folder: one WAV + mel PNG per prompt.
 
     python -m jobs.sample --checkpoint runs/small-1/checkpoint_step_00200000 --prompt "calm piano" --output out/
 """
@@ -17,7 +17,8 @@ from pipelines import storage
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder or its state.pt (local or s3://)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, its state.pt, a run folder (its latest checkpoint) or a release folder "
+                                                     "(ema.safetensors + config.json); local or s3://")
     p.add_argument("--prompt", action="append", default=[], help="repeatable")
     p.add_argument("--prompts", help="text file, one prompt per line")
     p.add_argument("--output", required=True, help="folder or s3:// prefix")
