@@ -134,6 +134,23 @@ def model_config(state: TrainState) -> dict:
             "vae_scaling_factor": state.scaling_factor, "kit": state.kit}
 
 
+_ASYNC_GROUP: list = []
+
+
+def async_group():
+    """A process group of its own for dcp.async_save (None without one): the background save runs its
+    collectives from another thread, and on the training group they would interleave with FSDP's all-gathers
+    (gloo aborts on the mismatched messages). Created at the first async save, which every rank reaches."""
+    from pipelines.training.parallel import process_group
+
+    dist = process_group()
+    if dist is None:
+        return None
+    if not _ASYNC_GROUP:
+        _ASYNC_GROUP.append(dist.new_group(backend="gloo"))
+    return _ASYNC_GROUP[0]
+
+
 def save_checkpoint(state: TrainState, folder: str, *, asynchronous: bool = False):
     """Every rank writes its shards and RNG into `folder` (its own local folder; Ray merges them); rank 0 also
     writes state.pt. Every rank must call this (DCP plans collectively). With `asynchronous`, returns the
@@ -145,7 +162,7 @@ def save_checkpoint(state: TrainState, folder: str, *, asynchronous: bool = Fals
         torch.save(train_state(state), os.path.join(folder, STATE_FILE))
     shards = os.path.join(folder, SHARDS_DIR)
     if asynchronous:
-        return dcp.async_save(sharded_state(state), checkpoint_id=shards)
+        return dcp.async_save(sharded_state(state), checkpoint_id=shards, process_group=async_group())
     dcp.save(sharded_state(state), checkpoint_id=shards)
     return None
 

@@ -52,6 +52,13 @@ def test_dcp_checkpoint_round_trip_and_s3_release(s3_server, tmp_path):
     assert torch.equal(a.generator.get_state(), b.generator.get_state())
     assert torch.equal(a.optimizer.state_dict()["state"][0]["exp_avg"], b.optimizer.state_dict()["state"][0]["exp_avg"])
 
+    later = tmp_path / "async"                             # dcp.async_save: the same files once the future is done
+    later.mkdir()
+    save_checkpoint(a, str(later), asynchronous=True).result()
+    c = _state(3)
+    restore_checkpoint(c, str(later))
+    assert all(torch.equal(x, y) for x, y in zip(a.ema, c.ema)) and c.step == 1
+
     remote = s3_server.uri(f"ckpt-{os.getpid()}", folder.name)
     for path in folder.rglob("*"):
         if path.is_file():
