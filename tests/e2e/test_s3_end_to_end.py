@@ -20,7 +20,7 @@ import torch
 
 from pipelines import storage
 from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
-from pipelines.training.checkpoint import STATE_FILE, list_checkpoints, load_state
+from pipelines.training.checkpoint import STATE_FILE, all_files, list_checkpoints, load_state
 from pipelines.training.release import read_release_config, read_release_weights
 from tests.audio_fixtures import write_tone_track
 from tests.s3server import SECRET_KEY
@@ -88,7 +88,8 @@ def test_train_reads_s3_corpus_and_checkpoints_to_s3(s3_pipeline):
     small = torch.load(io.BytesIO(storage.read_bytes(storage.join(kept[-1], STATE_FILE))), map_location="cpu",
                        weights_only=True)
     assert small["format"] == 2 and "model" not in small           # weights live in the DCP shards
-    assert storage.list_files(storage.join(kept[-1], "dcp"), ".distcp")
+    shards = all_files(storage.join(kept[-1], "dcp"))               # Ray uploaded DCP's hidden names too
+    assert ".metadata" in shards and any(f.endswith(".distcp") for f in shards)
     state = load_state(kept[-1])                                    # downloaded from s3://, shards merged
     assert state["step"] == 2 and state["model_config"]["kit"] == "tiny"
     assert all(torch.isfinite(v).all() for v in state["model"].values())
