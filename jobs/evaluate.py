@@ -25,7 +25,8 @@ from pipelines.evaluation.run import EvalConfig, run_evaluation  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="training checkpoint (folder, its state.pt, or s3://) to generate from")
+    what.add_argument("--checkpoint", help="training checkpoint (folder, its state.pt, a run folder, or a release folder; "
+                                              "local or s3://) to generate from")
     what.add_argument("--generated", help="folder of already generated WAVs named <prompt id>.wav (any rate; "
                                           "resampled to 16 kHz, cut or zero-padded to 10.24 s)")
     prompts = p.add_mutually_exclusive_group(required=True)

@@ -19,13 +19,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from schemas import constants  # noqa: E402
+from pipelines.corpus import config as corpus_config  # noqa: E402
 from pipelines.corpus import loudness  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
-from pipelines.corpus import config as corpus_config  # noqa: E402
-from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources  # noqa: E402
+from pipelines.corpus.config import (  # noqa: E402
+    CorpusConfig,
+    load_stage_resources,
+    parse_stage_resources,
+)
 from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
 from pipelines.corpus.report import write_report  # noqa: E402
+from schemas import constants  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> CorpusConfig:

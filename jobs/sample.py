@@ -1,4 +1,4 @@
-"""Generate 10.24 s clips at 16 kHz from a training checkpoint: one WAV + mel PNG per prompt.
+"""Generate 10.24 s clips at 16 kHz from a training checkpoint or release folder: one WAV + mel PNG per prompt.
 
     python -m jobs.sample --checkpoint runs/small-1/checkpoint_step_00200000 --prompt "calm piano" --output out/
 """
@@ -18,7 +18,8 @@ def parse_args(argv: list[str] | None = None) -> SampleConfig:
     defaults = SampleConfig(checkpoint="", output="")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder, its state.pt, or a run folder (its latest checkpoint); local or s3://")
+                   help="checkpoint folder, its state.pt, a run folder (its latest checkpoint) or a release folder "
+                        "(ema.safetensors + config.json); local or s3://")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="text file, one prompt per line (added after the --prompt ones)")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for NNN.wav, NNN.png, prompts.json")

@@ -13,7 +13,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 from dataclasses import fields
 
-from pipelines.training.config import DEFAULT_PROMPTS, DEFAULT_SHUFFLE_ROWS, TrainConfig, default_micro_batch_size
+from pipelines.training.config import (
+    DEFAULT_PROMPTS,
+    DEFAULT_SHUFFLE_ROWS,
+    TrainConfig,
+    default_micro_batch_size,
+)
 from pipelines.training.run import run_training
 
 
@@ -80,6 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="worker failures Ray Train recovers from by restarting at the last checkpoint")
     p.add_argument("--shuffle-buffer", type=int, default=0,
                    help=f"rows in each worker's seeded shuffle buffer (0 = {DEFAULT_SHUFFLE_ROWS})")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA: torch.compile each transformer block and pad text to length buckets (32/64/128/256) "
+                        "so shapes repeat; ignored on CPU")
+    p.add_argument("--async-checkpoint", action="store_true",
+                   help="write checkpoint shards in the background (dcp.async_save; the checkpoint is reported "
+                        "one step later); default off")
+    p.add_argument("--tensorboard-upload-s", type=float, default=defaults.tensorboard_upload_s,
+                   help="s3:// runs: upload a finished TensorBoard event-file part at most this often "
+                        "(default: %(default)s s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order, noise and dropout")
     p.add_argument("--kit", default="", help="model kit for samples and evaluation (default: the corpus's kit)")
     return p.parse_args(argv)

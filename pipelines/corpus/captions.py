@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from schemas import constants
 from pipelines.corpus.rows import batch_copy, reject_columns, tag_lists
 from pipelines.corpus.tags import metadata_dict, original_caption
+from schemas import constants
 
 TASKS = ("writing", "summary", "paraphrase")
 

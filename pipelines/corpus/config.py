@@ -115,7 +115,7 @@ def parse_stage_resources(specs: list[str]) -> dict[str, dict]:
 
 def load_stage_resources(text: str) -> dict[str, dict]:
     """A --resources file (YAML or JSON): {stage: {cpus, gpus, actors, memory, resources: {name: amount}}}."""
-    import yaml   # YAML is a superset of JSON: one parser for both
+    import yaml  # YAML is a superset of JSON: one parser for both
 
     data = yaml.safe_load(text) or {}
     out: dict[str, dict] = {}

@@ -26,7 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.corpus.fingerprint import ITEMS_PER_SECOND, NearDuplicateIndex, find_near_duplicates
+from pipelines.corpus.fingerprint import (
+    ITEMS_PER_SECOND,
+    NearDuplicateIndex,
+    find_near_duplicates,
+)
 
 CLAIMS = "dedup/claims.json"
 NEAR_DUPLICATES = "dedup/near_duplicates.json"

@@ -25,7 +25,11 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
     """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy)."""
     import ray.data
 
-    from pipelines.corpus.captions import CaptionStage, add_vllm_caption_stage, mix_captions
+    from pipelines.corpus.captions import (
+        CaptionStage,
+        add_vllm_caption_stage,
+        mix_captions,
+    )
     from pipelines.corpus.encode import TextStage, VaeStage
     from pipelines.corpus.frontend import add_log_mel, front_end
     from pipelines.corpus.tags import TagStage, add_signal_tags
@@ -101,8 +105,8 @@ def run_stream(config: CorpusConfig, pending: list[dict], registry) -> Counter:
 
 def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     """Run the whole pipeline on a started Ray; return (and write) the manifest with the full account."""
-    from pipelines.models.kits import load_kit
     from pipelines.corpus.sources import discover_all
+    from pipelines.models.kits import load_kit
 
     started = time.time()
     kit = load_kit(config.kit)

@@ -7,7 +7,6 @@ import numpy as np
 
 from schemas import constants as C
 
-
 # reason -> (stage, meaning); docs/front_end.md renders this table.
 REASONS = {
     "missing": ("decode", "listed (e.g. in a manifest) but no file at that path"),

@@ -16,8 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import storage
-from pipelines.corpus.config import (QUARANTINE_SHARD_ROWS, ROW_GROUP_ROWS, SHARD_BYTES, SHARD_ROWS,
-                                     CorpusConfig)
+from pipelines.corpus.config import (
+    QUARANTINE_SHARD_ROWS,
+    ROW_GROUP_ROWS,
+    SHARD_BYTES,
+    SHARD_ROWS,
+    CorpusConfig,
+)
 from pipelines.corpus.index import entry_of, shard_name, write_entry
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, conform
 from schemas.manifest import CORPUS_DIR, NULL_TEXT_DIR, NULL_TEXT_FILE, QUARANTINE_DIR

@@ -20,7 +20,12 @@ import numpy as np
 from pipelines import storage
 from pipelines.evaluation import metrics
 from pipelines.evaluation.labels import CLASSIFIER, label_prompts, label_set
-from pipelines.evaluation.reference import ReferenceStats, cache_uri, default_cache_dir, weights_digest
+from pipelines.evaluation.reference import (
+    ReferenceStats,
+    cache_uri,
+    default_cache_dir,
+    weights_digest,
+)
 
 AudioEmbedder = Callable[[np.ndarray], np.ndarray]   # [B, N] 16 kHz -> [B, D]
 
@@ -38,8 +43,8 @@ class Evaluator:
     def __init__(self, kit_name_or_path, reference=None, *, embedder: str | AudioEmbedder = "clap",
                  cache_dir: str | None = None, labels: str = "audioset", label_temperature: float | None = None,
                  batch_size: int = 8, device: str | None = None, reference_key: str | None = None):
-        from pipelines.models.kits import Kit, load_kit
         from pipelines.models.encoders import ClapEmbedder
+        from pipelines.models.kits import Kit, load_kit
 
         self.kit = load_kit(kit_name_or_path) if not isinstance(kit_name_or_path, Kit) else kit_name_or_path
         self.cache_dir = cache_dir or default_cache_dir()

@@ -27,31 +27,6 @@ def parse_encoders(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
-def load_checkpoint_state(path: str) -> dict:
-    """state.pt of a training checkpoint (the file, its folder, or a run folder: its latest checkpoint;
-    local or s3://), loaded with weights_only."""
-    if not path.endswith(".pt"):
-        path = storage.join(path, "state.pt")
-        if not storage.exists(path):    # a run folder: checkpoint_step_NNNNNNNN/ sort by step
-            states = [f for f in storage.list_files(path.rsplit("/", 1)[0], "/state.pt") if "/checkpoint_step_" in f]
-            if not states:
-                raise FileNotFoundError(f"no checkpoint (state.pt) in {path.rsplit('/', 1)[0]}")
-            path = states[-1]
-    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-
-
-def model_from_checkpoint(path: str, weights: str = "ema") -> tuple[nn.Module, dict]:
-    """(FluxMusic with the checkpoint's `weights` ("ema" | "model"), its model_config)."""
-    from model import build_model
-
-    state = load_checkpoint_state(path)
-    info = state["model_config"]
-    model = build_model(info["size"], context_in_dim=int(info["context_in_dim"]),
-                        vec_in_dim=int(info["vec_in_dim"]), device="meta")
-    model.load_state_dict(state[weights], assign=True)
-    return model.float().eval(), info
-
-
 def null_condition(t5: Tensor, clap: Tensor) -> dict:
     """One-row cond dict from the empty-caption embeddings t5 [L, D], clap [V]."""
     return {"txt": t5[None].float(), "txt_mask": torch.ones(1, t5.shape[0], dtype=torch.bool), "y": clap[None].float()}
@@ -77,8 +52,9 @@ class Generator:
     def __init__(self, kit: str, checkpoint_or_model: str | nn.Module, *, weights: str = "ema",
                  encoders: str | tuple[str, ...] = ENCODER_CHOICES, scaling_factor: float | None = None,
                  device: str | None = None):
-        from pipelines.models.kits import default_device
         from pipelines.models.encoders import MelDecoder, TextEncoder, Vocoder
+        from pipelines.models.kits import default_device
+        from pipelines.training.weights import model_from_checkpoint
 
         self.device = device or default_device()
         if isinstance(checkpoint_or_model, nn.Module):
@@ -95,6 +71,16 @@ class Generator:
         self.scaling_factor = float(scaling_factor or self.mel_decoder.scaling_factor)
         null_t5, null_clap = self.text.encode([""])
         self.null_t5, self.null_clap = torch.from_numpy(null_t5[0]), torch.from_numpy(null_clap[0])
+
+    def to(self, device: str) -> "Generator":
+        """Flow model, text encoders, VAE decoder and vocoder to `device` (and generation with them)."""
+        from pipelines.evaluation.placement import move_to
+
+        return move_to(self, device)
+
+    def release(self) -> "Generator":
+        """Off the accelerator: everything to the CPU (training previews call this after each preview)."""
+        return self.to("cpu")
 
     def condition(self, prompts: list[str], encoders: tuple[str, ...] | None = None) -> dict:
         t5, clap = self.text.encode(prompts)

@@ -28,11 +28,23 @@ class PromptSet:
     notes: dict = field(default_factory=dict)
 
     def head(self, n: int | None) -> "PromptSet":
+        """The first n prompts; a reference that takes `limit` (read_corpus's) then decodes only their clips."""
         if n is None or n >= len(self.ids):
             return self
         ref = self.reference
-        cut = (lambda: ref()[:n]) if ref else None
+        cut = None
+        if ref is not None:
+            cut = (lambda: ref(limit=n)) if takes_limit(ref) else (lambda: ref()[:n])
         return PromptSet(self.source, self.ids[:n], self.captions[:n], cut, f"{self.key}:first{n}", self.notes)
+
+
+def takes_limit(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        return "limit" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def digest_ids(items: list[str]) -> str:
@@ -61,8 +73,9 @@ def load_reference_clip(source, start_seconds: float = 0.0, duration_seconds: fl
     return normalise(clip, n)
 
 
-def read_corpus(output: str, split: str) -> PromptSet:
-    """Captions of one corpus split (sorted by clip_id); reference audio decoded from source_uri per track."""
+def read_corpus(output: str, split: str, limit: int | None = None) -> PromptSet:
+    """Captions of one corpus split (sorted by clip_id; the first `limit` of them if given); reference audio
+    decoded from source_uri per track, for those clips only (`.head(n)` later decodes only the first n)."""
     cols = ["clip_id", "source_uri", "start_seconds", "duration_seconds", "caption", "split"]
     rows = []
     for uri in storage.list_files(storage.join(output, CORPUS_DIR), ".parquet"):
@@ -71,13 +84,14 @@ def read_corpus(output: str, split: str) -> PromptSet:
     if not rows:
         raise ValueError(f"corpus {output}: no clips in split {split!r}")
     rows.sort(key=lambda r: r["clip_id"])
+    rows = rows[:limit] if limit is not None else rows
 
-    def reference() -> np.ndarray:
+    def reference(limit: int | None = None) -> np.ndarray:
         from pipelines.corpus.audio import decode, normalise
 
         tracks: dict[str, np.ndarray] = {}
         clips = []
-        for r in rows:
+        for r in rows[:limit] if limit is not None else rows:
             if r["source_uri"] not in tracks:      # decode each track once
                 tracks[r["source_uri"]] = decode(read_source(r["source_uri"])).audio
             clip, n = fit_clip(tracks[r["source_uri"]], int(round(r["start_seconds"] * SAMPLE_RATE)))
@@ -86,7 +100,7 @@ def read_corpus(output: str, split: str) -> PromptSet:
 
     ids = [r["clip_id"] for r in rows]
     return PromptSet(f"corpus:{output}:{split}", ids, [r["caption"] for r in rows], reference,
-                     f"corpus:{output}:{split}:{digest_ids(ids)}")
+                     f"corpus:{output}:{split}:{digest_ids(ids)}")     # the ids' digest names the subset too
 
 
 def _resolve(base_uri: str, path: str) -> str:
@@ -140,8 +154,9 @@ def read_hf_dataset(path: str) -> PromptSet:
             clips = []
             for item in ds["audio"]:
                 if isinstance(item, dict) and item.get("array") is not None:    # a plain dict column
-                    from pipelines.corpus.audio import normalise
                     import soxr
+
+                    from pipelines.corpus.audio import normalise
 
                     wave = np.asarray(item["array"], np.float32)
                     rate = int(item.get("sampling_rate", SAMPLE_RATE))

@@ -8,8 +8,14 @@ import time
 from dataclasses import dataclass
 
 from pipelines import storage
-from pipelines.evaluation.prompts import (PromptSet, digest_ids, read_corpus, read_hf_dataset, read_prompt_file,
-                                          read_wav_dir)
+from pipelines.evaluation.prompts import (
+    PromptSet,
+    digest_ids,
+    read_corpus,
+    read_hf_dataset,
+    read_prompt_file,
+    read_wav_dir,
+)
 from pipelines.evaluation.results import json_safe, metrics_markdown
 
 
@@ -46,13 +52,13 @@ def prompt_set_of(config: EvalConfig) -> PromptSet:
     elif config.hf_dataset:
         prompt_set = read_hf_dataset(config.hf_dataset)
     else:
-        prompt_set = read_corpus(config.corpus, config.split)
+        prompt_set = read_corpus(config.corpus, config.split, limit=config.num_clips)   # decodes only those
     return prompt_set.head(config.num_clips)
 
 
 def kit_of(config: EvalConfig) -> str:
     if not config.kit and config.checkpoint:
-        from pipelines.evaluation.generate import load_checkpoint_state
+        from pipelines.training.weights import load_checkpoint_state
 
         return load_checkpoint_state(config.checkpoint)["model_config"].get("kit", "") or "tiny"
     return config.kit or "tiny"

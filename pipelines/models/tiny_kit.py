@@ -64,7 +64,14 @@ def _t5_tokenizer(out: Path) -> int:
     tokenizers Unigram trainer, whose order of equal-frequency pieces varies from run to run."""
     from collections import Counter
 
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     words = Counter(w for text in _corpus() for w in text.lower().split())
@@ -88,7 +95,14 @@ def _t5_tokenizer(out: Path) -> int:
 
 def _bpe_tokenizer(out: Path, *, chat: bool) -> int:
     """Byte-level BPE. RoBERTa-style (<s> 0, <pad> 1, </s> 2) for CLAP; ChatML specials for the LLM."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

@@ -1,25 +1,38 @@
-"""Checkpoints with exact resume: weights, optimiser, EMA, schedule, data position and every RNG.
+"""Sharded checkpoints (torch.distributed.checkpoint): every rank writes its own shards; any world size reads them.
 
-A checkpoint folder holds state.pt (rank 0: full state dicts, loadable at any world size) and one
-rng_rankN.pt per rank. Everything is tensors and plain types, so it loads with weights_only=True.
+A checkpoint folder (one Ray Train checkpoint: every rank reports its own temporary folder and Ray merges them
+into storage/run/checkpoint_step_NNNNNNNN/) holds:
+- dcp/: model, optimiser and EMA as DCP shards (`.metadata` from rank 0, `__R_0.distcp` from rank R). Under FSDP
+  they are DTensor shards, under DDP one copy of each (DCP de-duplicates replicated tensors across ranks).
+  DCP re-shards on load, so a checkpoint loads at another world size or strategy (DDP <-> FSDP, 2 -> 1 workers).
+- state.pt (rank 0): step, data position (epoch, consumed), LR schedule, loss history, configs; no weights.
+- rng_rankR.pt (rank R): that rank's RNG states. Resume at the same world size restores them exactly; at another
+  world size the new ranks get fresh generators derived from (seed, rank, step): deterministic, not exact.
+Everything loads with weights_only=True. `load_state` reads a whole checkpoint into full (unsharded) state dicts
+in one process, for tools and tests; `load_weights` reads only one set of weights (sampling, release).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import tempfile
 from dataclasses import asdict
+from typing import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pipelines import storage
-from pipelines.training.ema import full_ema
-from pipelines.training.parallel import scatter
+from pipelines.training.ema import ema_state_dict
+from pipelines.training.parallel import local
 from pipelines.training.state import TrainState
 
 CHECKPOINT_PREFIX = "checkpoint_step_"
 STATE_FILE = "state.pt"
+SHARDS_DIR = "dcp"
+FORMAT = 2                       # 1: one full state.pt with weights (read for old checkpoints); 2: DCP shards
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Tensor]:
@@ -47,21 +60,24 @@ def set_rng_state(state: dict[str, Tensor], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def derived_seed(seed: int, rank: int, step: int) -> int:
+    """A fresh per-rank seed after a resume at another world size (no saved RNG maps onto the new ranks)."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+def reseed(generator: torch.Generator, seed: int) -> None:
+    generator.manual_seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
-def load_state(path: str) -> dict:
-    """A checkpoint's state.pt (folder or file), loaded safely: tensors and plain types only."""
-    if os.path.isdir(path):
-        path = os.path.join(path, STATE_FILE)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _full_state_dict_options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
 
 
 def list_checkpoints(storage_uri: str, run_name: str) -> list[str]:
@@ -71,39 +87,139 @@ def list_checkpoints(storage_uri: str, run_name: str) -> list[str]:
     return [storage.join(run_dir, name) for name in sorted(folders) if name.startswith(CHECKPOINT_PREFIX)]
 
 
-def save_checkpoint(state: TrainState, folder: str) -> None:
-    """Every rank writes its RNG state; rank 0 writes state.pt. Every rank must call this (gathers)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    options = _full_state_dict_options(cpu_offload=True)
-    model_state = get_model_state_dict(state.model, options=options)
-    optimizer_state = get_optimizer_state_dict(state.model, state.optimizer, options=options)
-    ema = full_ema(state.names, state.ema, state.params)
-    torch.save(rng_state(state.generator), os.path.join(folder, f"rng_rank{state.rank}.pt"))
-    if state.rank != 0:
+@contextlib.contextmanager
+def local_folder(uri: str) -> Iterator[str]:
+    """A local path with the checkpoint folder's files: the folder itself, or an s3:// folder downloaded."""
+    if not storage.is_s3(uri):
+        yield uri
         return
-    torch.save({
-        "format": 1, "step": state.step, "epoch": state.epoch, "consumed": state.consumed,
-        "model": model_state, "ema": ema, "optimizer": optimizer_state,
-        "scheduler": state.scheduler.state_dict(),
-        "loss_history": torch.tensor(state.history, dtype=torch.float64).reshape(-1, 2),
-        "config": asdict(state.cfg),
-        "model_config": {"size": state.cfg.size, "context_in_dim": state.t5_dim, "vec_in_dim": state.clap_dim,
-                         "vae_scaling_factor": state.scaling_factor, "kit": state.kit},
-    }, os.path.join(folder, STATE_FILE))
+    with tempfile.TemporaryDirectory(prefix="fluxmusic-ckpt-") as folder:
+        for relative in all_files(uri):
+            path = os.path.join(folder, relative)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(storage.read_bytes(storage.join(uri, relative)))
+        yield folder
+
+
+def all_files(uri: str) -> list[str]:
+    """Every file below uri as a relative path, hidden ones included: DCP names its files `.metadata` and
+    `__R_0.distcp`, which storage.list_files skips (it hides "." and "_" names, like Parquet readers do)."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(root):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
+
+
+def sharded_state(state: TrainState) -> dict:
+    """What DCP saves and loads in place: model, optimiser (FQN keys, DTensors under FSDP) and EMA shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    return {"model": get_model_state_dict(state.model),
+            "optimizer": get_optimizer_state_dict(state.model, state.optimizer),
+            "ema": ema_state_dict(state.names, state.ema, state.params)}
+
+
+def train_state(state: TrainState) -> dict:
+    """Rank 0's small file: everything but the weights, as tensors and plain types."""
+    return {"format": FORMAT, "step": state.step, "epoch": state.epoch, "consumed": state.consumed,
+            "world": state.world, "strategy": state.strategy, "scheduler": state.scheduler.state_dict(),
+            "loss_history": torch.tensor(state.history, dtype=torch.float64).reshape(-1, 2),
+            "config": asdict(state.cfg), "model_config": model_config(state)}
+
+
+def model_config(state: TrainState) -> dict:
+    return {"size": state.cfg.size, "context_in_dim": state.t5_dim, "vec_in_dim": state.clap_dim,
+            "vae_scaling_factor": state.scaling_factor, "kit": state.kit}
+
+
+_ASYNC_GROUP: list = []
+
+
+def async_group():
+    """A process group of its own for dcp.async_save (None without one): the background save runs its
+    collectives from another thread, and on the training group they would interleave with FSDP's all-gathers
+    (gloo aborts on the mismatched messages). Created at the first async save, which every rank reaches."""
+    from pipelines.training.parallel import process_group
+
+    dist = process_group()
+    if dist is None:
+        return None
+    if not _ASYNC_GROUP:
+        _ASYNC_GROUP.append(dist.new_group(backend="gloo"))
+    return _ASYNC_GROUP[0]
+
+
+def save_checkpoint(state: TrainState, folder: str, *, asynchronous: bool = False):
+    """Every rank writes its shards and RNG into `folder` (its own local folder; Ray merges them); rank 0 also
+    writes state.pt. Every rank must call this (DCP plans collectively). With `asynchronous`, returns the
+    dcp.async_save future (the shards are staged in memory, written in the background); else None."""
+    import torch.distributed.checkpoint as dcp
+
+    torch.save(rng_state(state.generator), os.path.join(folder, rng_file(state.rank)))
+    if state.rank == 0:
+        torch.save(train_state(state), os.path.join(folder, STATE_FILE))
+    shards = os.path.join(folder, SHARDS_DIR)
+    if asynchronous:
+        return dcp.async_save(sharded_state(state), checkpoint_id=shards, process_group=async_group())
+    dcp.save(sharded_state(state), checkpoint_id=shards)
+    return None
 
 
 def restore_checkpoint(state: TrainState, folder: str) -> None:
-    """Load a checkpoint folder into `state` in place (every rank; each re-shards the full state dicts)."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    """Load a checkpoint folder into `state` in place (every rank; DCP reads each rank's part, re-sharding)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
-    saved = load_state(folder)
-    rng = torch.load(os.path.join(folder, f"rng_rank{state.rank}.pt"), weights_only=True)
-    set_model_state_dict(state.model, saved["model"], options=_full_state_dict_options())
-    set_optimizer_state_dict(state.model, state.optimizer, saved["optimizer"], options=_full_state_dict_options())
-    for i, (name, p) in enumerate(zip(state.names, state.params)):
-        state.ema[i] = scatter(saved["ema"][name], p)
+    saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    if int(saved.get("format", 1)) < 2:
+        raise ValueError(f"{folder}: a format-1 (full state.pt) checkpoint; resume needs format {FORMAT} (DCP)")
+    target = sharded_state(state)
+    dcp.load(target, checkpoint_id=os.path.join(folder, SHARDS_DIR))
+    set_model_state_dict(state.model, target["model"])
+    set_optimizer_state_dict(state.model, state.optimizer, target["optimizer"])
+    state.ema[:] = [local(target["ema"][name]).detach().clone() for name in state.names]
     state.scheduler.load_state_dict(saved["scheduler"])
     state.step, state.epoch, state.consumed = int(saved["step"]), int(saved["epoch"]), int(saved["consumed"])
     state.history = [tuple(r) for r in saved["loss_history"].tolist()]
-    set_rng_state(rng, state.generator)
+    rng = os.path.join(folder, rng_file(state.rank))
+    if int(saved.get("world", state.world)) == state.world and os.path.exists(rng):
+        set_rng_state(torch.load(rng, weights_only=True), state.generator)     # exact resume
+    else:
+        reseed(state.generator, derived_seed(state.cfg.seed, state.rank, state.step))
+
+
+def load_state(path: str) -> dict:
+    """A whole checkpoint (folder or its state.pt; local or s3://) in one process, with full state dicts
+    `model`, `ema`, `optimizer` beside the state.pt fields. Safe: tensors and plain types only."""
+    folder = path.rsplit("/", 1)[0] if path.endswith(".pt") else path
+    with local_folder(folder) as local_path:
+        saved = torch.load(os.path.join(local_path, STATE_FILE), map_location="cpu", weights_only=True)
+        if int(saved.get("format", 1)) >= 2:
+            from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+            with tempfile.TemporaryDirectory() as scratch:
+                dcp_to_torch_save(os.path.join(local_path, SHARDS_DIR), os.path.join(scratch, "full.pt"))
+                saved.update(torch.load(os.path.join(scratch, "full.pt"), map_location="cpu", weights_only=True))
+    return saved
+
+
+def load_weights(folder: str, weights: str, model: nn.Module) -> nn.Module:
+    """Fill `model` (CPU, allocated) with one set of a format-2 checkpoint's weights ("ema" | "model") read
+    straight from the DCP shards: one copy in memory, no process group."""
+    import torch.distributed.checkpoint as dcp
+
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be ema or model, got {weights!r}")
+    target = {weights: model.state_dict()}
+    with local_folder(folder) as local_path:
+        dcp.load(target, checkpoint_id=os.path.join(local_path, SHARDS_DIR))
+    model.load_state_dict(target[weights])
+    return model

@@ -17,7 +17,13 @@ from torch import Tensor
 
 from pipelines import storage
 from schemas.constants import LATENT_SHAPE
-from schemas.manifest import CORPUS_DIR, MANIFEST, NULL_TEXT_DIR, NULL_TEXT_FILE, check_manifest
+from schemas.manifest import (
+    CORPUS_DIR,
+    MANIFEST,
+    NULL_TEXT_DIR,
+    NULL_TEXT_FILE,
+    check_manifest,
+)
 
 TRAIN_COLUMNS = ["clip_id", "split", "latent_mean", "latent_std", "t5", "t5_length", "clap"]
 

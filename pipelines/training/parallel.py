@@ -28,7 +28,8 @@ def gather(piece: Tensor, like: Tensor) -> Tensor:
     if hasattr(like, "device_mesh"):
         from torch.distributed.tensor import DTensor
 
-        return DTensor.from_local(piece, like.device_mesh, like.placements).full_tensor()
+        return DTensor.from_local(piece, like.device_mesh, like.placements, shape=like.shape,
+                                 stride=like.stride()).full_tensor()
     return piece
 
 

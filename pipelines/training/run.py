@@ -6,7 +6,13 @@ from dataclasses import asdict, replace
 
 from pipelines import storage
 from pipelines.training.config import TrainConfig, accumulation_steps
-from pipelines.training.data import assign_files, batches_per_epoch, read_manifest, scan_corpus, validation_dataset
+from pipelines.training.data import (
+    assign_files,
+    batches_per_epoch,
+    read_manifest,
+    scan_corpus,
+    validation_dataset,
+)
 from pipelines.training.loop import train_loop_per_worker
 
 
@@ -61,4 +67,21 @@ def run_training(config: TrainConfig, *, resume: bool = False):
         dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                             execution_options=ExecutionOptions(preserve_order=True)),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if result.error is None:
+        write_run_release(run_dir, config.max_steps)
+    return result
+
+
+def write_run_release(run_dir: str, max_steps: int) -> str | None:
+    """run_dir/release from the final checkpoint (on the driver, after the workers are gone: it reads one set
+    of weights at a time from the DCP shards, never a gathered optimiser); None if the run did not finish."""
+    from pipelines.training.checkpoint import checkpoint_name
+    from pipelines.training.weights import export_release
+
+    final = storage.join(run_dir, checkpoint_name(max_steps))
+    if not storage.exists(storage.join(final, "state.pt")):
+        return None
+    output = storage.join(run_dir, "release")
+    export_release(final, output)
+    return output

@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from model import build_model
-from pipelines.training.config import FSDP_SIZES, TrainConfig, accumulation_steps, learning_rate_factor
+from model import build_model, compile_blocks
+from pipelines.training.config import (
+    FSDP_SIZES,
+    TrainConfig,
+    accumulation_steps,
+    learning_rate_factor,
+)
 from pipelines.training.data import read_null_text
 from pipelines.training.optim import build_optimizer
 from pipelines.training.parallel import local, unwrap, wrap_model
@@ -64,6 +69,8 @@ def build_state(cfg: TrainConfig, manifest: dict, data: str, *, rank: int, world
     torch.manual_seed(cfg.seed)            # identical initial weights on every rank
     base = build_model(cfg.size, context_in_dim=t5_dim, vec_in_dim=clap_dim,
                        gradient_checkpointing=cfg.size in FSDP_SIZES)
+    if cfg.compile and device.type == "cuda":     # per block: one graph per block kind; CPU runs stay eager
+        compile_blocks(base)
     model = wrap_model(base, cfg.resolved_strategy(), world, device)
     base = unwrap(model)
     optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, device.type)

@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from model import rectified_flow_loss
+from model import pad_to_bucket, rectified_flow_loss
 from pipelines.training.data import CorpusCollate, stand_in_batch
 from pipelines.training.ema import ema_due, ema_update
 from pipelines.training.metrics import mfu
@@ -61,6 +61,9 @@ def condition(state: TrainState, batch: dict) -> tuple[Tensor, dict]:
     txt, mask, y = apply_text_dropout(batch["txt"].to(state.device), batch["txt_mask"].to(state.device),
                                       batch["y"].to(state.device), state.null_t5.to(state.device),
                                       state.null_clap.to(state.device), drop[:, 0], drop[:, 1])
+    if state.cfg.compile:        # a few repeated text lengths instead of a recompile per new length
+        txt, mask = pad_to_bucket(txt, mask)
+    # an all-real mask is dropped inside the model (joint_key_mask -> None), so unpadded batches run unmasked
     return x0, {"txt": txt.float(), "txt_mask": mask, "y": y.float()}
 
 
@@ -133,3 +136,17 @@ def validate(state: TrainState, shard) -> float:
         total += torch.stack([loss.float().sum() * weight, torch.tensor(loss.numel() * weight, device=state.device)])
     total = all_reduce_sum(total)
     return float(total[0] / total[1]) if float(total[1]) else float("nan")
+
+
+def attention_backends(state: TrainState) -> dict[str, str]:
+    """The SDPA kernel this run's attention dispatches to, unmasked (no padded text) and masked, for one
+    sample of this model's shape and the training dtype (logged once at start: FLASH vs a fallback matters)."""
+    from model.layers import sdpa_backend
+
+    params = state.base.params
+    heads, head_dim = params.num_heads, params.hidden_size // params.num_heads
+    dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
+    q = torch.zeros(1, heads, MUSIC_TOKENS + 64, head_dim, device=state.device, dtype=dtype)
+    mask = torch.ones(1, 1, 1, q.shape[2], dtype=torch.bool, device=state.device)
+    mask[..., :8] = False
+    return {"unmasked": sdpa_backend(q, q, q), "masked": sdpa_backend(q, q, q, mask)}

@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from pipelines import storage
-from pipelines.training.checkpoint import STATE_FILE, list_checkpoints
+from pipelines.training.checkpoint import (
+    STATE_FILE,
+    all_files,
+    list_checkpoints,
+    load_state,
+)
+from pipelines.training.release import read_release_config, read_release_weights
 from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_tone_track
 from tests.s3server import SECRET_KEY
@@ -84,11 +90,21 @@ def test_train_reads_s3_corpus_and_checkpoints_to_s3(s3_pipeline):
     kept = list_checkpoints(s3_pipeline["runs"], "e2e")
     assert [k.rsplit("_", 1)[-1] for k in kept] == ["00000001", "00000002"]
     assert all(k.startswith("s3://") for k in kept)
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(kept[-1], STATE_FILE))), map_location="cpu",
+    small = torch.load(io.BytesIO(storage.read_bytes(storage.join(kept[-1], STATE_FILE))), map_location="cpu",
                        weights_only=True)
+    assert small["format"] == 2 and "model" not in small           # weights live in the DCP shards
+    shards = all_files(storage.join(kept[-1], "dcp"))               # Ray uploaded DCP's hidden names too
+    assert ".metadata" in shards and any(f.endswith(".distcp") for f in shards)
+    state = load_state(kept[-1])                                    # downloaded from s3://, shards merged
     assert state["step"] == 2 and state["model_config"]["kit"] == "tiny"
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert "latest checkpoint:" in s3_pipeline["train"].stdout
+    run_dir = storage.join(s3_pipeline["runs"], "e2e")
+    release = storage.join(run_dir, "release")                      # written by the driver at the end
+    ema = read_release_weights(release, "ema")
+    assert read_release_config(release)["step"] == 2 and set(ema) == set(state["ema"])
+    assert all(torch.equal(ema[k], state["ema"][k]) for k in ema)
+    assert storage.list_files(storage.join(run_dir, "tensorboard"))     # event parts uploaded at the end
 
 
 def test_secret_never_printed_or_stored(s3_pipeline):

@@ -67,7 +67,7 @@ def test_encoder_subsets_use_null_embeddings(checkpoint):
 def test_a_run_folder_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
     import shutil
 
-    from pipelines.evaluation.generate import load_checkpoint_state
+    from pipelines.training.weights import load_checkpoint_state
 
     run = tmp_path / "run"
     for step in (1, 12, 3):
@@ -78,3 +78,31 @@ def test_a_run_folder_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
     assert load_checkpoint_state(str(run))["model_config"]["marker"] == 12
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint_state(str(tmp_path / "empty"))
+
+
+def test_release_folder_samples_like_its_checkpoint(checkpoint, tmp_path):
+    """jobs/export_weights writes ema/model safetensors + config.json; sampling from the release folder gives
+    the same clip as from the checkpoint."""
+    import json
+
+    from jobs.export_weights import main as export
+    from jobs.sample import main as sample_main
+    from pipelines.evaluation.generate import Generator
+    from pipelines.training.weights import load_checkpoint_state, model_from_checkpoint
+
+    release = tmp_path / "release"
+    assert export(["--checkpoint", checkpoint, "--output", str(release)]) == 0
+    assert {p.name for p in release.iterdir()} == {"ema.safetensors", "model.safetensors", "config.json"}
+    config = json.loads((release / "config.json").read_text())
+    assert config["size"] == "tiny" and config["kit"] == "tiny" and config["vae_scaling_factor"] > 0
+    assert load_checkpoint_state(str(release))["model_config"]["context_in_dim"] == config["context_in_dim"]
+    a, _ = model_from_checkpoint(checkpoint, "ema")
+    b, _ = model_from_checkpoint(str(release), "ema")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    prompts = ["warm cello"]
+    torch.testing.assert_close(Generator("tiny", checkpoint, device="cpu").latents(prompts, steps=2),
+                               Generator("tiny", str(release), device="cpu").latents(prompts, steps=2))
+    assert sample_main(["--checkpoint", str(release), "--prompt", "warm cello", "--output", str(tmp_path / "out"),
+                        "--steps", "1", "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "000.wav").exists()

@@ -1,4 +1,5 @@
-"""Ray Train training on a tiny corpus: 2-worker DDP and FSDP, checkpoints (keep K, weights_only), exact resume."""
+"""Ray Train training on a tiny corpus: 2-worker DDP and FSDP, sharded DCP checkpoints (keep K, weights_only),
+exact resume, resume at another world size and strategy, the release folder, metrics on the step they happen."""
 from __future__ import annotations
 
 import itertools
@@ -67,8 +68,8 @@ def test_two_worker_ddp_checkpoints_exact_resume_and_fsdp(ray_local, corpus, tmp
     assert exp_avg and all(torch.isfinite(t).all() for t in exp_avg)
     torch.testing.assert_close(a["loss_history"], b["loss_history"], rtol=1e-5, atol=1e-6)
 
-    # FSDP2 shards the same computation: interrupted and resumed (re-sharded from the full-state checkpoint),
-    # it ends where uninterrupted DDP does, to float tolerance, with the same unsharded checkpoint layout.
+    # FSDP2 shards the same computation: interrupted and resumed (from its own DCP shards), it ends where
+    # uninterrupted DDP does, to float tolerance; load_state gives the same full layout.
     fsdp = replace(base, run_name="fsdp", strategy="fsdp", checkpoint_every=2)
     run_training(replace(fsdp, max_steps=2))
     run_training(replace(fsdp, max_steps=4), resume=True)
@@ -115,3 +116,46 @@ def test_each_rank_reads_its_own_files_and_epochs_differ(ray_local, tmp_path):
     resumed = list(itertools.islice(stream(1, skip=2), 2))
     assert [(e, n) for e, n, _ in resumed] == [(0, 3), (0, 4)]
     assert [c for _, _, clips in resumed for c in clips] == seen[(1, 0)][4:]
+
+
+def _scalars(folder: str) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(folder)
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_resume_at_another_world_size_and_strategy_with_release(ray_local, corpus, tmp_path):
+    """2-worker FSDP shards (one saved asynchronously) resume on 1 DDP worker (DCP re-shards; fresh derived RNG); val_loss of every step
+    reaches Ray/TensorBoard though --log-every is larger; the run ends with a release equal to its EMA."""
+    from pipelines.training.release import read_release_config, read_release_weights
+
+    runs = str(tmp_path / "runs")
+    base = TrainConfig(size="tiny", data=corpus, storage=runs, run_name="reshard", global_batch_size=8,
+                       micro_batch_size=2, lr=1e-3, ema_every=1, ema_decay=0.9, seed=4, cpus_per_worker=0.25,
+                       log_every=100, val_every=1)
+    # step 1's checkpoint is written in the background (dcp.async_save) and reported at step 2
+    run_training(replace(base, num_workers=2, strategy="fsdp", max_steps=2, checkpoint_every=1,
+                         async_checkpoint=True))
+    first, second = list_checkpoints(runs, "reshard")
+    assert first.endswith("00000001") and load_state(first)["step"] == 1
+    halfway = load_state(second)
+    assert halfway["world"] == 2 and halfway["strategy"] == "fsdp"
+    result = run_training(replace(base, num_workers=1, strategy="ddp", max_steps=3, checkpoint_every=3),
+                          resume=True)
+    assert np.isfinite(result.metrics["val_loss"])
+    final = _state(runs, "reshard")
+    assert final["step"] == 3 and final["world"] == 1 and final["loss_history"].shape == (3, 2)
+    torch.testing.assert_close(final["loss_history"][:2], halfway["loss_history"])
+    assert max(float((final["model"][k] - halfway["model"][k]).abs().max()) for k in final["model"]) > 1e-5
+    scalars = _scalars(str(tmp_path / "runs" / "reshard" / "tensorboard"))
+    assert scalars["val_loss"] == [1, 2, 3] and scalars["loss"] == [1, 2, 3]
+
+    release = storage.join(runs, "reshard", "release")
+    assert read_release_config(release)["step"] == 3
+    for name in ("ema", "model"):
+        weights = read_release_weights(release, name)
+        assert set(weights) == set(final[name])
+        for key, value in weights.items():
+            torch.testing.assert_close(value, final[name][key], rtol=0, atol=0)

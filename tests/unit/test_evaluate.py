@@ -140,3 +140,53 @@ def test_prompt_set_from_saved_hf_dataset(tmp_path):
     # 250 Hz vs 500 Hz survive decoding + resampling: compare zero-crossing rates.
     crossings = (np.diff(np.sign(clips), axis=1) != 0).sum(axis=1)
     assert 1.8 < crossings[1] / crossings[0] < 2.2
+
+
+def test_corpus_head_decodes_only_the_clips_it_scores(tmp_path, monkeypatch):
+    """read_corpus(limit=n) and PromptSet.head(n) decode n clips' tracks, not the whole split."""
+    import pipelines.corpus.audio as audio
+    from pipelines.evaluation.prompts import read_corpus
+
+    (tmp_path / "corpus" / "corpus").mkdir(parents=True)
+    uris = []
+    for i in range(4):                                   # one track per clip: decodes count clips
+        uris.append(str(tmp_path / f"track{i}.flac"))
+        sf.write(uris[-1], _tones([220 + 40 * i], seconds=10.24, seed=i)[0], SAMPLE_RATE)
+    table = pa.table({"clip_id": [f"t-{i:05d}" for i in range(4)], "source_uri": uris,
+                      "start_seconds": [0.0] * 4, "duration_seconds": [10.24] * 4,
+                      "caption": [f"c{i}" for i in range(4)], "split": ["valid"] * 4})
+    pq.write_table(table, tmp_path / "corpus" / "corpus" / "part.parquet")
+    decoded = []
+    real_decode = audio.decode
+    monkeypatch.setattr(audio, "decode", lambda source: decoded.append(source) or real_decode(source))
+
+    limited = read_corpus(str(tmp_path / "corpus"), "valid", limit=2)
+    assert limited.ids == ["t-00000", "t-00001"] and limited.reference().shape == (2, CLIP_SAMPLES)
+    assert decoded == uris[:2]
+    decoded.clear()
+    full = read_corpus(str(tmp_path / "corpus"), "valid")
+    head = full.head(1)
+    assert head.reference().shape == (1, CLIP_SAMPLES) and decoded == uris[:1]
+    assert head.key != full.key
+
+
+def test_move_to_reaches_every_model_of_a_generator():
+    """Generator.to/release walk the flow model, the text encoders, the VAE decoder and the vocoder."""
+    import torch
+
+    from model import build_model
+    from pipelines.evaluation.generate import Generator
+    from pipelines.evaluation.placement import module_devices, move_to
+    from pipelines.models.encoders import TextEncoder
+    from pipelines.models.kits import ensure_tiny_kit
+
+    ensure_tiny_kit()
+    text = TextEncoder("tiny", device="cpu")
+    gen = Generator("tiny", build_model("tiny", context_in_dim=text.t5_dim, vec_in_dim=text.clap_dim),
+                    device="cpu")
+    assert module_devices(gen) == {"cpu"}
+    move_to(gen, "meta")                   # a device nothing starts on: shows every holder is reached
+    assert module_devices(gen) == {"meta"}
+    assert gen.device == gen.text.device == gen.mel_decoder.device == gen.vocoder.device == "meta"
+    assert all(p.device.type == "meta" for p in gen.model.parameters())
+    assert callable(gen.release) and isinstance(gen.null_t5, torch.Tensor)

@@ -8,7 +8,11 @@ import pytest
 
 from pipelines import storage
 from pipelines.corpus.account import latent_stats
-from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources
+from pipelines.corpus.config import (
+    CorpusConfig,
+    load_stage_resources,
+    parse_stage_resources,
+)
 from pipelines.corpus.index import OutputIndex, sum_map
 from pipelines.corpus.ledger import ledger_of
 from pipelines.corpus.writer import ShardWriter, batch_tables
@@ -29,7 +33,8 @@ def batch(track: str, clips: int, rejected: int = 0, value: float = 1.0) -> dict
         "tags": obj([[{"tag": "x", "source": "signal", "score": 1.0}] for _ in range(n)]),
         "caption": obj(["c"] * n), "caption_source": obj(["synthetic"] * n), "caption_original": obj([None] * n),
         "caption_synthetic": obj(["c"] * n), "t5": obj([b"\0\0" * 4] * n), "t5_length": np.full(n, 2, np.int32),
-        "clap": obj([b"\0\0" * 2] * n),
+        "clap": obj([b"\0\0" * 2] * n), "loudness_lufs": np.full(n, -20.0, np.float32),
+        "true_peak_dbtp": np.full(n, -3.0, np.float32), "clipped_fraction": np.zeros(n, np.float32),
         "reject_reason": obj([""] * clips + ["silent"] * rejected), "reject_stage": obj([""] * clips + ["quality"] * rejected),
         "reject_detail": obj([""] * n),
     }

@@ -41,3 +41,20 @@ def test_default_micro_batch_divides_the_global_batch_over_the_workers():
     assert micro == 14 and accumulation_steps(126, micro, 3) == 3
     with pytest.raises(ValueError, match="cannot be split evenly"):
         default_micro_batch_size(128, 3, 16)
+
+
+def test_val_and_preview_steps_are_always_reported():
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.loop import report_due
+
+    cfg = TrainConfig(log_every=10, checkpoint_every=100)
+    assert not report_due(3, cfg, last=False, computed_extra=False)
+    assert report_due(3, cfg, last=False, computed_extra=True)           # val_loss / eval_* / preview at step 3
+    assert report_due(20, cfg, last=False, computed_extra=False) and report_due(7, cfg, last=True, computed_extra=False)
+
+
+def test_derived_seeds_differ_per_rank_and_step():
+    from pipelines.training.checkpoint import derived_seed
+
+    seeds = {derived_seed(0, rank, step) for rank in range(4) for step in (10, 11)}
+    assert len(seeds) == 8 and derived_seed(0, 1, 10) == derived_seed(0, 1, 10)

@@ -7,9 +7,9 @@ import numpy as np
 import soundfile as sf
 
 from pipelines import storage
-from schemas import constants
 from pipelines.corpus.report.data import ReportData, read_report_data
 from pipelines.corpus.report.page import TAG_SOURCES, TOP_TAGS, render
+from schemas import constants
 
 REPORT_DIR = "report"
 

@@ -145,7 +145,8 @@ def _heavy_rows(files: list[str], picked: list[tuple]) -> dict[str, dict]:
 
 def _folder_metadata(folder: str, cache: dict) -> dict[str, dict]:
     """An HF-audiofolder metadata file beside the audio ({audio URI: metadata}), read once per folder."""
-    from pipelines.corpus.sources import AUDIOFOLDER_METADATA, read_manifest as read_audio_manifest
+    from pipelines.corpus.sources import AUDIOFOLDER_METADATA
+    from pipelines.corpus.sources import read_manifest as read_audio_manifest
 
     if folder not in cache:
         cache[folder] = {}
