@@ -6,8 +6,8 @@ r"""Find corpus tracks that are the same recording as a track of an evaluation s
 The evaluation set is a folder of audio, an s3:// prefix or a manifest (as prepare_corpus --input). Corpus
 fingerprints come from OUT/fingerprints/*.parquet, or are computed from the corpus tables' source_uri when that
 table is absent. Writes OUT/overlap/report.json (every match: evaluation file, corpus track, score, offset);
---exclude also writes OUT/overlap/exclude_track_ids.txt, the matching corpus track ids (training does not read it
-yet: docs/quality.md).
+--exclude also writes OUT/overlap/exclude_track_ids.txt, the matching corpus track ids, which jobs/train.py then
+leaves out (unless --no-exclude-overlap).
 Exits 1 when any corpus track matches, so CI can fail on leakage.
 """
 from __future__ import annotations

@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tensorboard-upload-s", type=float, default=defaults.tensorboard_upload_s,
                    help="s3:// runs: upload a finished TensorBoard event-file part at most this often "
                         "(default: %(default)s s)")
+    p.add_argument("--no-exclude-overlap", dest="exclude_overlap", action="store_false",
+                   help="train on every corpus track, even those of DATA/overlap/exclude_track_ids.txt (written by "
+                        "jobs/check_overlap.py --exclude; by default they are left out)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order, noise and dropout")
     p.add_argument("--kit", default="", help="model kit for samples and evaluation (default: the corpus's kit)")
     return p.parse_args(argv)

@@ -5,6 +5,8 @@ CORPUS_DIR, QUARANTINE_DIR, NULL_TEXT_DIR = "corpus", "quarantine", "null_text"
 INDEX_DIR = "index"              # one small shard_index Parquet per committed shard: index/<table>-<24 hex>.parquet
 MANIFEST = "manifest.json"
 NULL_TEXT_FILE = "null_text.parquet"
+FINGERPRINTS_DIR, DEDUP_DIR, OVERLAP_DIR = "fingerprints", "dedup", "overlap"
+EXCLUDE_FILE = "exclude_track_ids.txt"   # OVERLAP_DIR/: track ids training leaves out (jobs/check_overlap.py --exclude)
 
 # What a trainer needs from manifest.json (the rest is the account: counts, splits, mix, statistics).
 TRAINING_KEYS = ("schema_version", "kit", "vae_scaling_factor", "t5_dim", "clap_dim")

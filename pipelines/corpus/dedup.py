@@ -26,15 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.corpus.fingerprint import (
-    ITEMS_PER_SECOND,
-    NearDuplicateIndex,
-    find_near_duplicates,
-)
+from pipelines.corpus.fingerprint import ITEMS_PER_SECOND, NearDuplicateIndex, find_near_duplicates
+from schemas.manifest import FINGERPRINTS_DIR
 
 CLAIMS = "dedup/claims.json"
 NEAR_DUPLICATES = "dedup/near_duplicates.json"
-FINGERPRINTS_DIR = "fingerprints"
 
 
 def plan_owners(known: dict[str, str], hashed: list[dict]) -> dict[str, dict[str, str]]:

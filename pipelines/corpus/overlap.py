@@ -11,9 +11,9 @@ from pipelines import storage
 from pipelines.corpus import fingerprint as F
 from pipelines.corpus import sources
 from pipelines.corpus.audio import DecodeError, decode
+from schemas.manifest import CORPUS_DIR, EXCLUDE_FILE, FINGERPRINTS_DIR, OVERLAP_DIR
 
-CORPUS_DIR, FINGERPRINTS_DIR, OVERLAP_DIR = "corpus", "fingerprints", "overlap"
-REPORT, EXCLUDE = "report.json", "exclude_track_ids.txt"
+REPORT = "report.json"
 
 
 def fingerprint_sources(found: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -74,16 +74,10 @@ def check_overlap(corpus: str, eval_inputs: list[str], *, exclude: bool = False,
         "eval_tracks": len(evaluation), "eval_tracks_matched": len({m["eval_source_uri"] for m in matches}),
         "corpus_tracks_matched": len(matched), "matches": matches,
         "failed": {"corpus": corpus_failed, "eval": eval_failed},
-        "exclude_file": storage.join(corpus, OVERLAP_DIR, EXCLUDE) if exclude else None,
+        "exclude_file": storage.join(corpus, OVERLAP_DIR, EXCLUDE_FILE) if exclude else None,
         "wall_seconds": round(time.time() - started, 2),
     }
     storage.write_bytes_atomic(storage.join(corpus, OVERLAP_DIR, REPORT), json.dumps(report, indent=1).encode())
     if exclude:
         storage.write_bytes_atomic(report["exclude_file"], "".join(t + "\n" for t in matched).encode())
     return report
-
-
-def read_exclusions(corpus: str) -> frozenset[str]:
-    """Track ids an overlap check asked training to leave out (empty when there is no exclusion list)."""
-    uri = storage.join(corpus, OVERLAP_DIR, EXCLUDE)
-    return frozenset(storage.read_bytes(uri).decode().split()) if storage.exists(uri) else frozenset()

@@ -47,6 +47,7 @@ class TrainConfig:
     kit: str = ""                       # "" = the corpus manifest's kit
     max_failures: int = 0
     cpus_per_worker: float = 0.5        # fractional on CPU: whole-CPU workers starve Ray Data on small hosts
+    exclude_overlap: bool = True        # leave out the tracks of the corpus's overlap exclusion list, if any
     compile: bool = False               # CUDA: torch.compile each block, text padded to length buckets
     async_checkpoint: bool = False      # dcp.async_save: write shards in the background, report one step later
     tensorboard_upload_s: float = 60.0  # s3:// runs: upload a finished TensorBoard event-file part this often

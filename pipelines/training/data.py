@@ -12,20 +12,16 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor
 
 from pipelines import storage
 from schemas.constants import LATENT_SHAPE
-from schemas.manifest import (
-    CORPUS_DIR,
-    MANIFEST,
-    NULL_TEXT_DIR,
-    NULL_TEXT_FILE,
-    check_manifest,
-)
+from schemas.manifest import (CORPUS_DIR, EXCLUDE_FILE, MANIFEST, NULL_TEXT_DIR, NULL_TEXT_FILE, OVERLAP_DIR,
+                              check_manifest)
 
-TRAIN_COLUMNS = ["clip_id", "split", "latent_mean", "latent_std", "t5", "t5_length", "clap"]
+TRAIN_COLUMNS = ["clip_id", "track_id", "split", "latent_mean", "latent_std", "t5", "t5_length", "clap"]
 
 
 def read_manifest(data: str) -> dict:
@@ -92,57 +88,77 @@ def check_corpus_files(fs, uris: list[str], paths: list[str]) -> None:
 
 @dataclass(frozen=True)
 class CorpusFile:
-    """One corpus Parquet file and its rows per split (counted once, from the `split` column only)."""
+    """One corpus Parquet file and its rows per split (counted once, from the `split` column only), less the
+    rows of `excluded` tracks (an overlap check's exclusion list), which training never reads."""
     uri: str
     train_rows: int
     valid_rows: int
+    excluded: tuple[str, ...] = ()
 
 
-def _scan_file(uri: str) -> CorpusFile:
+def read_exclusions(data: str) -> frozenset[str]:
+    """The track ids `jobs/check_overlap.py --exclude` asked training to leave out (empty without a list)."""
+    uri = storage.join(data, OVERLAP_DIR, EXCLUDE_FILE)
+    return frozenset(storage.read_bytes(uri).decode().split()) if storage.exists(uri) else frozenset()
+
+
+def _scan_file(uri: str, excluded: frozenset[str] = frozenset()) -> CorpusFile:
     import pyarrow.compute as pc
 
     fs, path = storage.filesystem(uri)
     check_corpus_files(fs, [uri], [path])
     try:
-        split = storage.read_parquet(uri, columns=["split"])["split"]
+        table = storage.read_parquet(uri, columns=["split", "track_id"] if excluded else ["split"])
     except Exception as error:  # noqa: BLE001 - a footer can be fine while the column chunk is not
         raise ValueError(f"corrupt corpus file {uri}: {error}") from error
-    counts = {name: int(pc.sum(pc.equal(split, name)).as_py() or 0) for name in ("train", "valid")}
-    return CorpusFile(uri, counts["train"], counts["valid"])
+    left_out: tuple[str, ...] = ()
+    if excluded:
+        dropped = pc.is_in(table["track_id"], value_set=pa.array(sorted(excluded)))
+        left_out = tuple(sorted(set(table.filter(dropped)["track_id"].to_pylist())))
+        table = table.filter(pc.invert(dropped))
+    counts = {name: int(pc.sum(pc.equal(table["split"], name)).as_py() or 0) for name in ("train", "valid")}
+    return CorpusFile(uri, counts["train"], counts["valid"], left_out)
 
 
-def indexed_files(data: str, sizes: dict[str, int]) -> dict[str, CorpusFile]:
+def indexed_files(data: str, sizes: dict[str, int], excluded: frozenset[str] = frozenset()) -> dict[str, CorpusFile]:
     """{uri: CorpusFile} of the corpus files the shard index vouches for (entry present, same size now), from
-    one parallel read of the index; never writes (training only reads a corpus)."""
+    one parallel read of the index; never writes (training only reads a corpus). A shard holding an excluded
+    track is left to the scan, which counts its rows without that track."""
     from pipelines.corpus.index import OutputIndex
 
     by_name = {f"{CORPUS_DIR}/{uri.rsplit('/', 1)[-1]}": uri for uri in sizes}
-    entries = OutputIndex.load(data, heal=False, columns=["shard", "table", "bytes", "train_rows", "valid_rows"]
-                               ).table(CORPUS_DIR)
+    columns = ["shard", "table", "bytes", "train_rows", "valid_rows"] + (["tracks"] if excluded else [])
+    entries = OutputIndex.load(data, heal=False, columns=columns).table(CORPUS_DIR)
+    tracks = entries["tracks"].to_pylist() if excluded else [()] * entries.num_rows
     out = {}
-    for shard, train, valid in zip(entries["shard"].to_pylist(), entries["train_rows"].to_pylist(),
-                                   entries["valid_rows"].to_pylist()):
-        if shard in by_name:
+    for shard, train, valid, held in zip(entries["shard"].to_pylist(), entries["train_rows"].to_pylist(),
+                                         entries["valid_rows"].to_pylist(), tracks):
+        if shard in by_name and not any(t["track_id"] in excluded for t in held):
             out[by_name[shard]] = CorpusFile(by_name[shard], train, valid)
     return out
 
 
-def scan_corpus(data: str, threads: int = 16) -> list[CorpusFile]:
+def scan_corpus(data: str, threads: int = 16, excluded: frozenset[str] = frozenset()) -> list[CorpusFile]:
     """Every corpus file (sorted) with its train/valid row counts; a bad file fails here, named.
 
     Counts come from the shard index for the files it vouches for (entry present, size unchanged); only the
-    others (a corpus written without an index, a file changed since) have their footer and `split` read."""
+    others (a corpus written without an index, a file changed since, a shard holding an `excluded` track) have
+    their footer and `split` read."""
     from concurrent.futures import ThreadPoolExecutor
 
     sizes = storage.list_sizes(storage.join(data, CORPUS_DIR), ".parquet")
     if not sizes:
         raise FileNotFoundError(f"no corpus parquet files under {storage.join(data, CORPUS_DIR)}")
-    known = indexed_files(data, sizes)
+    known = indexed_files(data, sizes, excluded)
     rest = sorted(u for u in sizes if u not in known)
     if rest:
         with ThreadPoolExecutor(min(threads, len(rest))) as pool:     # footers + one small column: I/O bound
-            known.update((f.uri, f) for f in pool.map(_scan_file, rest))
+            known.update((f.uri, f) for f in pool.map(lambda uri: _scan_file(uri, excluded), rest))
     return [known[u] for u in sorted(sizes)]
+
+
+def excluded_of(files: list[CorpusFile]) -> frozenset[str]:
+    return frozenset(t for f in files for t in f.excluded)
 
 
 def files_of(files) -> list[CorpusFile]:
@@ -152,7 +168,8 @@ def files_of(files) -> list[CorpusFile]:
 
     if isinstance(files, ray.ObjectRef):
         files = ray.get(files)
-    return [f if isinstance(f, CorpusFile) else CorpusFile(**f) for f in files]
+    return [f if isinstance(f, CorpusFile) else CorpusFile(**{**f, "excluded": tuple(f.get("excluded", ()))})
+            for f in files]
 
 
 def assign_files(train_rows: list[int], world: int, seed: int, epoch: int) -> list[list[int]]:
@@ -183,8 +200,9 @@ def batches_per_epoch(train_rows: list[int], assignment: list[list[int]], micro_
     return min(sum(train_rows[f] for f in files) // micro_batch_size for files in assignment)
 
 
-def read_split(uris: list[str], split: str):
-    """A Ray dataset of the training columns of `split` rows in these files, in the given file order."""
+def read_split(uris: list[str], split: str, excluded: frozenset[str] = frozenset()):
+    """A Ray dataset of the training columns of `split` rows in these files, in the given file order, without
+    the rows of `excluded` tracks."""
     import pyarrow.compute as pc
     import ray.data
 
@@ -192,8 +210,13 @@ def read_split(uris: list[str], split: str):
     dataset = ray.data.read_parquet([storage.filesystem(u)[1] for u in uris], filesystem=fs,
                                     shuffle=None).select_columns(TRAIN_COLUMNS)
     dataset.context.execution_options.preserve_order = True        # this dataset only (the context is a copy)
-    return dataset.map_batches(lambda t: t.filter(pc.equal(t["split"], split)), batch_format="pyarrow",
-                               batch_size=None)
+    left_out = pa.array(sorted(excluded), pa.string())
+
+    def keep(table):
+        rows = pc.equal(table["split"], split)
+        return table.filter(pc.and_(rows, pc.invert(pc.is_in(table["track_id"], value_set=left_out))) if excluded
+                            else rows)
+    return dataset.map_batches(keep, batch_format="pyarrow", batch_size=None)
 
 
 def validation_dataset(files: list[CorpusFile], max_rows: int):
@@ -205,7 +228,7 @@ def validation_dataset(files: list[CorpusFile], max_rows: int):
             rows += f.valid_rows
     if not chosen:
         raise ValueError("validation is on but the corpus has no valid rows")
-    return read_split(chosen, "valid").limit(max_rows).materialize()
+    return read_split(chosen, "valid", excluded_of(files)).limit(max_rows).materialize()
 
 
 def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
@@ -233,7 +256,7 @@ def rank_micro_batches(files: list[CorpusFile], *, rank: int, world: int, micro_
         if skip >= count:       # resumed exactly at an epoch's end: nothing of it to read
             epoch, skip = epoch + 1, 0
             continue
-        batches = read_split([files[f].uri for f in plan[rank]], "train").iter_batches(
+        batches = read_split([files[f].uri for f in plan[rank]], "train", excluded_of(files)).iter_batches(
             batch_size=micro_batch_size, batch_format="pyarrow", drop_last=True,
             local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed(seed, epoch, rank))
         index = 0

@@ -9,6 +9,7 @@ from pipelines.training.config import TrainConfig, accumulation_steps
 from pipelines.training.data import (
     assign_files,
     batches_per_epoch,
+    read_exclusions,
     read_manifest,
     scan_corpus,
     validation_dataset,
@@ -39,7 +40,11 @@ def run_training(config: TrainConfig, *, resume: bool = False):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another name")
     accumulation_steps(config.global_batch_size, config.micro_batch_size, config.num_workers)
     manifest = read_manifest(config.data)
-    files = scan_corpus(config.data)
+    excluded = read_exclusions(config.data) if config.exclude_overlap else frozenset()
+    files = scan_corpus(config.data, excluded=excluded)
+    if excluded:
+        print(f"leaving out {len(excluded)} tracks of the corpus's exclusion list (jobs/check_overlap.py --exclude), "
+              f"found in {sum(bool(f.excluded) for f in files)} files")
     rows = [f.train_rows for f in files]
     if batches_per_epoch(rows, assign_files(rows, config.num_workers, config.seed, 0), config.micro_batch_size) < 1:
         raise ValueError(f"{sum(r > 0 for r in rows)} corpus files with {sum(rows)} train rows cannot give each of "

@@ -14,6 +14,7 @@ from jobs.check_overlap import main
 from pipelines.corpus import fingerprint as F
 from pipelines.corpus import overlap, sources
 from pipelines.corpus.audio import decode
+from pipelines.training.data import read_exclusions
 from tests.music_variants import make_variants
 
 
@@ -43,7 +44,7 @@ def test_overlap_from_corpus_source_uris_reports_and_excludes(corpus_and_eval, c
     assert match["corpus_track_id"] == ids["frontiers"] and match["eval_source_uri"].endswith("leaked_trimmed.flac")
     assert match["score"] >= F.MATCH_THRESHOLD and abs(match["offset_seconds"] - 7.0) < 0.3
     assert (report["eval_tracks"], report["eval_tracks_matched"], report["corpus_tracks_matched"]) == (2, 1, 1)
-    assert overlap.read_exclusions(corpus) == {ids["frontiers"]}
+    assert read_exclusions(corpus) == {ids["frontiers"]}
     assert "1 of 2 corpus tracks match 1 of 2 evaluation tracks" in capsys.readouterr().out
 
 
@@ -61,5 +62,5 @@ def test_overlap_reads_the_fingerprints_table_and_a_manifest(corpus_and_eval, tm
     assert report["corpus_fingerprints"] == "fingerprints table" and report["corpus_tracks"] == 1
     assert report["matches"] == [] and report["exclude_file"] is None
     assert [f["source_uri"].endswith("lost.wav") for f in report["failed"]["eval"]] == [True]   # listed, not there
-    assert overlap.read_exclusions(stored) == frozenset()
+    assert read_exclusions(stored) == frozenset()
     assert main(["--corpus", stored, "--eval", os.path.join(evaluation, "manifest.csv")]) == 0
