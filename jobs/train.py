@@ -18,6 +18,7 @@ from pipelines.training.config import (
     DEFAULT_SHUFFLE_ROWS,
     TrainConfig,
     default_micro_batch_size,
+    parse_worker_resources,
 )
 from pipelines.training.run import run_training
 
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--use-gpu", action="store_true", help="train on GPUs (bf16 autocast); otherwise CPU fp32")
     p.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker,
                    help="CPUs reserved per worker (fractional on small machines; default: %(default)s)")
+    p.add_argument("--worker-resource", action="append", default=[], metavar="NAME:AMOUNT",
+                   help="a custom Ray resource each worker requests, repeatable; on ray_cluster.yaml pass "
+                        "train_node:1 so workers run on the gpu_train nodes only")
     p.add_argument("--strategy", default="", choices=["", "ddp", "fsdp"],
                    help="data parallelism: DDP, or FSDP (sharded; the default for large and giant sizes)")
     p.add_argument("--global-batch-size", type=int, default=defaults.global_batch_size,
@@ -105,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["sample_prompts"] = args.sample_prompts or list(DEFAULT_PROMPTS)
+    values["worker_resources"] = parse_worker_resources(args.worker_resource)
     if not args.micro_batch_size:
         values["micro_batch_size"] = default_micro_batch_size(args.global_batch_size, args.num_workers,
                                                               TrainConfig.micro_batch_size)

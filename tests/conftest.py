@@ -33,7 +33,8 @@ def ray_local(s3_server):
 
     from pipelines.raylocal import init_local_ray
 
-    init_local_ray(num_cpus=4)
+    # train_node: the node-type tag of ray_cluster.yaml's training nodes, which training tests request
+    init_local_ray(num_cpus=4, resources={"train_node": 2})
     yield ray
     ray.shutdown()
 

@@ -47,6 +47,7 @@ class TrainConfig:
     kit: str = ""                       # "" = the corpus manifest's kit
     max_failures: int = 0
     cpus_per_worker: float = 0.5        # fractional on CPU: whole-CPU workers starve Ray Data on small hosts
+    worker_resources: dict[str, float] = field(default_factory=dict)   # custom Ray resources per worker
     exclude_overlap: bool = True        # leave out the tracks of the corpus's overlap exclusion list, if any
     compile: bool = False               # CUDA: torch.compile each block, text padded to length buckets
     async_checkpoint: bool = False      # dcp.async_save: write shards in the background, report one step later
@@ -57,6 +58,33 @@ class TrainConfig:
         if strategy not in ("ddp", "fsdp"):
             raise ValueError(f"strategy must be ddp or fsdp, got {strategy!r}")
         return strategy
+
+
+def worker_resources(config: TrainConfig) -> dict[str, float]:
+    """What each Ray Train worker asks for: its CPUs, one GPU with use_gpu, and the custom node resources
+    (on ray_cluster.yaml `train_node: 1`, so workers land on the gpu_train nodes only)."""
+    resources = {"CPU": config.cpus_per_worker, **config.worker_resources}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
+def parse_worker_resources(specs: list[str]) -> dict[str, float]:
+    """`["train_node:1"]` -> {"train_node": 1.0}; CPU and GPU have their own flags."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, _, amount = spec.partition(":")
+        name = name.strip()
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not name or value <= 0:
+            raise ValueError(f"--worker-resource {spec!r}: expected NAME:AMOUNT with AMOUNT > 0, e.g. train_node:1")
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"--worker-resource {spec!r}: use --cpus-per-worker / --use-gpu for {name}")
+        out[name] = value
+    return out
 
 
 def accumulation_steps(global_batch_size: int, micro_batch_size: int, num_workers: int) -> int:

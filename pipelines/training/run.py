@@ -5,7 +5,7 @@ import os
 from dataclasses import asdict, replace
 
 from pipelines import storage
-from pipelines.training.config import TrainConfig, accumulation_steps
+from pipelines.training.config import TrainConfig, accumulation_steps, worker_resources
 from pipelines.training.data import (
     assign_files,
     batches_per_epoch,
@@ -51,9 +51,6 @@ def run_training(config: TrainConfig, *, resume: bool = False):
                          f"{config.num_workers} workers a micro-batch of {config.micro_batch_size}")
     datasets = {"valid": validation_dataset(files, config.val_max_rows)} if config.val_every > 0 else {}
     storage_path, storage_fs = storage.train_storage(config.storage)
-    resources = {"CPU": config.cpus_per_worker}
-    if config.use_gpu:
-        resources["GPU"] = 1
     # One object in the store for every worker (and every restart), instead of the list in each worker's config.
     files_ref = ray.put([asdict(f) for f in files])
     trainer = TorchTrainer(
@@ -61,7 +58,7 @@ def run_training(config: TrainConfig, *, resume: bool = False):
         train_loop_config={"train": asdict(config), "manifest": manifest, "data": config.data, "run_dir": run_dir,
                            "files": files_ref},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=worker_resources(config)),
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),

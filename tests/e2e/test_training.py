@@ -128,13 +128,14 @@ def _scalars(folder: str) -> dict[str, list[int]]:
 
 def test_resume_at_another_world_size_and_strategy_with_release(ray_local, corpus, tmp_path):
     """2-worker FSDP shards (one saved asynchronously) resume on 1 DDP worker (DCP re-shards; fresh derived RNG); val_loss of every step
-    reaches Ray/TensorBoard though --log-every is larger; the run ends with a release equal to its EMA."""
+    reaches Ray/TensorBoard though --log-every is larger; the run ends with a release equal to its EMA.
+    Its workers request the cluster's training-node tag, as on ray_cluster.yaml (the session Ray has 2)."""
     from pipelines.training.release import read_release_config, read_release_weights
 
     runs = str(tmp_path / "runs")
     base = TrainConfig(size="tiny", data=corpus, storage=runs, run_name="reshard", global_batch_size=8,
                        micro_batch_size=2, lr=1e-3, ema_every=1, ema_decay=0.9, seed=4, cpus_per_worker=0.25,
-                       log_every=100, val_every=1)
+                       log_every=100, val_every=1, worker_resources={"train_node": 1})
     # step 1's checkpoint is written in the background (dcp.async_save) and reported at step 2
     run_training(replace(base, num_workers=2, strategy="fsdp", max_steps=2, checkpoint_every=1,
                          async_checkpoint=True))

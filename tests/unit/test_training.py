@@ -58,3 +58,19 @@ def test_derived_seeds_differ_per_rank_and_step():
 
     seeds = {derived_seed(0, rank, step) for rank in range(4) for step in (10, 11)}
     assert len(seeds) == 8 and derived_seed(0, 1, 10) == derived_seed(0, 1, 10)
+
+
+def test_workers_request_their_node_type_and_bad_specs_are_refused():
+    from pipelines.training.config import TrainConfig, parse_worker_resources, worker_resources
+
+    assert parse_worker_resources(["train_node:1", "fast_disk:0.5"]) == {"train_node": 1.0, "fast_disk": 0.5}
+    config = TrainConfig(use_gpu=True, cpus_per_worker=8, worker_resources={"train_node": 1.0})
+    assert worker_resources(config) == {"CPU": 8, "GPU": 1, "train_node": 1.0}
+    assert worker_resources(TrainConfig()) == {"CPU": 0.5}
+    for bad in (["train_node"], ["train_node:0"], [":1"], ["GPU:1"], ["train_node:x"]):
+        with pytest.raises(ValueError, match="--worker-resource"):
+            parse_worker_resources(bad)
+    from jobs.train import config_from_args, parse_args
+
+    args = parse_args(["--data", "d", "--storage", "s", "--run-name", "r", "--worker-resource", "train_node:1"])
+    assert config_from_args(args).worker_resources == {"train_node": 1.0}
