@@ -72,7 +72,7 @@ class CorpusConfig:
         """The resources of one stage: its default, then this config's overrides."""
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-        base = default_resources(self)[name]
+        base = mix_resources(self) if name == "mix" else default_resources(self)[name]
         return StageResources(**{**asdict(base), **self.stage_resources.get(name, {})})
 
 
@@ -86,9 +86,16 @@ def default_resources(config: CorpusConfig) -> dict[str, StageResources]:
     """Model stages: an actor pool each (actors_per_stage x cpus/gpus_per_actor); CPU stages: tasks."""
     model = dict(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.actors_per_stage)
     return {"frontend": StageResources(cpus=1.0), "mel": StageResources(cpus=1.0),
-            "descriptors": StageResources(cpus=1.0), "mix": StageResources(cpus=0.25),
+            "descriptors": StageResources(cpus=1.0),
             **{name: StageResources(**model) for name in MODEL_STAGES},
             "writer": StageResources(cpus=0.25, actors=config.writers)}
+
+
+def mix_resources(config: CorpusConfig) -> StageResources:
+    """The mix's task resources: the text stage's (CPUs, GPUs, memory, node resources), so that Ray fuses the mix
+    into the T5 actors (it fuses a task stage into the next actor stage only when their resources are equal)."""
+    text = config.stage("text")
+    return StageResources(cpus=text.cpus, gpus=text.gpus, memory=text.memory, resources=dict(text.resources))
 
 
 def parse_stage_resources(specs: list[str]) -> dict[str, dict]:

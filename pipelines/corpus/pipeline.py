@@ -1,8 +1,8 @@
 """The corpus job: every stage wired into one streamed Ray Data pipeline, resumed from the shard index.
 
-discover -> front end (decode, resample, segment, gates; CPU tasks) -> log-mel (CPU) -> VAE (actors)
--> signal descriptors (CPU) -> CLAP tags (actors) -> captions (actors, or vLLM) -> 20/80 mix (CPU)
--> T5 + CLAP (actors) -> writer (CPU tasks handing rows to a pool of shard-writer actors).
+discover -> front end (decode, resample, segment, gates; CPU tasks) -> log-mel + signal descriptors (CPU tasks)
+-> VAE (actors) -> CLAP tags (actors) -> captions (actors, or vLLM) -> 20/80 mix + T5 + CLAP (actors)
+-> writer (CPU tasks handing rows to a pool of shard-writer actors).
 Each stage's CPUs, GPUs, actors and node resources come from `CorpusConfig.stage(name)`.
 """
 from __future__ import annotations
@@ -48,10 +48,12 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
 
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, **front_end_gates(config)), **tasks("frontend"))
+    # mel then descriptors, both CPU tasks with the same resources: Ray fuses them into one task (one pass of the
+    # audio through the object store instead of two), and the CPU work is done before the GPU stages.
     ds = ds.map_batches(add_log_mel, batch_size=config.batch_size, fn_kwargs={"loudness_target": config.normalise_loudness},
                         **tasks("mel"))
-    ds = ds.map_batches(VaeStage, **actors("vae", kit))
     ds = ds.map_batches(add_signal_tags, batch_size=config.batch_size, **tasks("descriptors"))
+    ds = ds.map_batches(VaeStage, **actors("vae", kit))
     ds = ds.map_batches(TagStage, **actors("tags", kit))
     if config.caption_backend == "vllm":
         ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, config.stage("captions").actors),
@@ -59,6 +61,7 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
     else:
         ds = ds.map_batches(CaptionStage, **actors("captions", dict(kit, backend=config.caption_backend,
                                                                     seed=config.seed)))
+    # With the text stage's resources (the default) Ray fuses the mix into the T5 actors: no extra hop.
     ds = ds.map_batches(mix_captions, batch_size=config.batch_size, **tasks("mix"),
                         fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed))
     ds = ds.map_batches(TextStage, **actors("text", kit))
