@@ -1,6 +1,10 @@
 """What a no-op re-run costs in bookkeeping at scale: resume + manifest + training index, sharded vs one file per batch.
 
     python -m benchmarks.bookkeeping [--clips 1000000] [--old-files 20000] [--shard-rows 1024] [--keep DIR] [--json PATH]
+                                     [--s3]
+
+--s3 runs both layouts on a real S3 server (SeaweedFS on 127.0.0.1, started and removed by the benchmark; every
+read is a round trip through the S3 API, though on loopback: a cloud bucket adds its latency per request).
 
 No models and no audio: it writes a simulated output directly, then times what prepare_corpus and training do
 before and after any work when everything is already done.
@@ -175,11 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-rows", type=int, default=1024)
     p.add_argument("--keep", default=None, help="write the simulated outputs here and keep them")
     p.add_argument("--json", default=None)
+    p.add_argument("--s3", action="store_true", help="on a local S3 server (SeaweedFS, 127.0.0.1) instead of local disk")
     a = p.parse_args(argv)
     a.clips -= a.clips % CLIPS_PER_TRACK          # whole tracks only: every track complete
-    root = a.keep or tempfile.mkdtemp(prefix="bookkeeping-")
+    server = None
+    if a.s3:
+        from tests.s3server import S3Server, set_env
+
+        server = S3Server().start()
+        set_env(server.env())
+        server.create_bucket("bookkeeping")
+        root = "s3://bookkeeping/run"
+    else:
+        root = a.keep or tempfile.mkdtemp(prefix="bookkeeping-")
     try:
-        new_out, old_out = os.path.join(root, "new"), os.path.join(root, "old")
+        new_out, old_out = storage.join(root, "new"), storage.join(root, "old")
         t = time.perf_counter()
         shards = write_new(new_out, a.clips, a.shard_rows)
         print(f"new layout: {a.clips:,} clips in {shards:,} shards + index written in {time.perf_counter() - t:.1f} s", flush=True)
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         old = time_old(old_out)
         scale = (a.clips * (QUARANTINE_EVERY - 1) / QUARANTINE_EVERY / 8) / old["files"]   # files at --clips kept clips
         old_at_scale = {k: v * scale for k, v in old.items() if k.endswith("_s")}
-        result = {"clips": a.clips, "shard_rows": a.shard_rows, "new": new, "old_measured": old,
+        result = {"storage": "s3 (SeaweedFS, loopback)" if a.s3 else "local disk", "clips": a.clips, "shard_rows": a.shard_rows, "new": new, "old_measured": old,
                   "old_extrapolated_files": round(old["files"] * scale), "old_extrapolated": old_at_scale,
                   "ratio": old_at_scale["total_s"] / new["total_s"], "cpus": os.cpu_count(),
                   "load_avg": os.getloadavg()}
@@ -206,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.json:
             Path(a.json).write_text(json.dumps(result, indent=2))
     finally:
-        if not a.keep:
+        if server is not None:
+            server.cleanup()
+        elif not a.keep:
             shutil.rmtree(root, ignore_errors=True)
     return 0
 

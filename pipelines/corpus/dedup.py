@@ -141,7 +141,7 @@ def content_claim(source: dict, *, gates: dict, fingerprints: bool) -> dict:
     from pipelines.corpus.fingerprint import fingerprint
     from pipelines.corpus.frontend import analyse_track
 
-    rows, decoded = analyse_track(source, **gates)
+    rows, decoded = analyse_track(source, **gates, until_kept=True)
     content_hash = next((r["content_hash"] for r in rows if r["content_hash"]), "")
     claims = bool(content_hash) and any(not r["reject_reason"] for r in rows)
     fp = fingerprint(decoded) if claims and fingerprints and decoded is not None else np.zeros(0, np.uint32)

@@ -66,7 +66,8 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
                         fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed))
     ds = ds.map_batches(TextStage, **actors("text", kit))
     # The writer stage's tasks are light (Arrow conversion): the actors hold the shards and the CPUs for zstd.
-    return ds.map_batches(route_to_writers, batch_size=config.batch_size, num_cpus=0.1, **env,
+    # One row group a task: a task per model batch cost more than the conversion (benchmarks/corpus_scale.py).
+    return ds.map_batches(route_to_writers, batch_size=max(config.batch_size, config.row_group_rows), num_cpus=0.1, **env,
                           fn_kwargs=dict(writers=writers, valid_fraction=config.valid_fraction))
 
 

@@ -79,13 +79,13 @@ def test_no_credentials_in_file():
 
 
 def test_stage_resources_request_what_the_node_types_define(cluster):
-    """corpus_resources.yaml: every stage is configured, each requests a custom resource that exactly one node
+    """corpus_resources.yaml: every stage but the mix is configured, each requests a custom resource that exactly one node
     type defines, GPU stages go to a GPU node type, CPU stages to a node without GPUs, and every custom
     resource the cluster defines for the corpus is requested by some stage."""
     from pipelines.corpus.config import STAGES, CorpusConfig, load_stage_resources
 
     stages = load_stage_resources((CLUSTER_YAML.parent / "corpus_resources.yaml").read_text())
-    assert set(stages) == set(STAGES)
+    assert set(stages) == set(STAGES) - {"mix"}        # the mix runs inside the text actors, with their resources
     types = cluster["available_node_types"]
     defined = {r: name for name, t in types.items() for r in t["resources"] if r not in ("CPU", "GPU")}
     config = CorpusConfig(inputs=[], output="x", stage_resources=stages)

@@ -101,6 +101,12 @@ def test_stage_resources_from_flags_and_file():
     assert config.stage("vae").ray_options() == {"num_cpus": 0.5, "num_gpus": 1.0, "resources": {"corpus_gpu": 0.01}}
     assert config.stage("writer").actors == 4 and config.stage("text").actors == 1
     assert load_stage_resources('{"mel": {"cpus": 2}}') == {"mel": {"cpus": 2}}
+    # the mix takes the text stage's resources (so Ray fuses it into the T5 actors) unless given its own
+    text = parse_stage_resources(["text=cpus:4,gpus:1,corpus_gpu:0.01"])
+    assert CorpusConfig(inputs=[], output="x", stage_resources=text).stage("mix").ray_options() == {
+        "num_cpus": 4.0, "num_gpus": 1.0, "resources": {"corpus_gpu": 0.01}}
+    own = CorpusConfig(inputs=[], output="x", stage_resources={**text, "mix": {"cpus": 0.25}})
+    assert own.stage("mix").ray_options() == {"num_cpus": 0.25, "num_gpus": 1.0, "resources": {"corpus_gpu": 0.01}}
     with pytest.raises(ValueError):
         parse_stage_resources(["nope=cpus:1"])
     with pytest.raises(ValueError):

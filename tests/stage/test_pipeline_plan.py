@@ -1,0 +1,30 @@
+"""The corpus job's Ray Data plan: the stages Ray is meant to fuse are fused (fewer passes through the object store)."""
+from __future__ import annotations
+
+import re
+
+from pipelines.corpus.config import CorpusConfig
+from pipelines.corpus.pipeline import build_dataset
+
+
+def _optimized_physical_plan(ds, capsys) -> str:
+    capsys.readouterr()
+    ds.explain()
+    text = capsys.readouterr().out
+    return text.split("Physical Plan (Optimized)")[1]
+
+
+def test_mel_with_descriptors_and_mix_with_text_fuse_by_default(ray_local, capsys):
+    source = {"source_uri": "/music/a.flac", "track_id": "0" * 16, "metadata": {}}
+    plan = _optimized_physical_plan(build_dataset(CorpusConfig(inputs=[], output="x"), [source], None, []), capsys)
+    operators = re.findall(r"(TaskPool|ActorPool)MapOperator\[([^\]]+)\]", plan)
+    assert ("TaskPool", "MapBatches(add_log_mel)->MapBatches(add_signal_tags)") in operators
+    assert ("ActorPool", "MapBatches(mix_captions)->MapBatches(TextStage)") in operators
+    # every GPU stage comes after every CPU stage of the front end
+    names = [name for _, name in operators]
+    assert names.index("MapBatches(add_log_mel)->MapBatches(add_signal_tags)") < names.index("MapBatches(VaeStage)")
+
+    # a mix given resources of its own is a task stage of its own again
+    config = CorpusConfig(inputs=[], output="x", stage_resources={"mix": {"cpus": 0.25}})
+    plan = _optimized_physical_plan(build_dataset(config, [source], None, []), capsys)
+    assert "TaskPoolMapOperator[MapBatches(mix_captions)]" in plan
