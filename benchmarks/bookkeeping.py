@@ -60,6 +60,7 @@ def tiny_rows(chunk, split: str = "train") -> pa.Table:
     return conform(pa.table({
         "clip_id": [c[0] for c in chunk], "track_id": [c[1] for c in chunk], "source_uri": ["/music/x.flac"] * n,
         "clip_index": [0] * n, "start_seconds": [0.0] * n, "duration_seconds": [10.24] * n,
+        "loudness_lufs": [-20.0] * n, "true_peak_dbtp": [-1.0] * n, "clipped_fraction": [0.0] * n,
         "track_clip_count": [c[2] for c in chunk], "content_hash": [c[1] * 4 for c in chunk], "split": [split] * n,
         "latent_mean": [b"\0\0"] * n, "latent_std": [b"\0\0"] * n, "tags": [[]] * n, "caption": ["c"] * n,
         "caption_source": ["synthetic"] * n, "caption_original": [None] * n, "caption_synthetic": ["c"] * n,

@@ -167,7 +167,7 @@ class ProcessSampler:
     def __init__(self, every: float = 0.5):
         import threading
 
-        self.every, self.used = every, defaultdict(float)
+        self.every, self.used, self.workers = every, defaultdict(float), set()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -177,6 +177,8 @@ class ProcessSampler:
             now = process_cpu()
             for pid, (name, cpu) in now.items():
                 self.used[name] += cpu - (last[pid][1] if pid in last else 0.0)
+                if name.startswith(("ray worker", "python default_worker")):
+                    self.workers.add(pid)
             last = now
 
     def __enter__(self):
@@ -307,11 +309,13 @@ def on_ray(folder: str, kit: str, batch_size: int, output: str) -> dict:
     with ProcessSampler() as sampler, Phase() as phase:
         manifest = prepare_corpus(config, progress=lambda *_: None)
     processes = sampler.by_name()
+    worker_processes = len(sampler.workers)
     ray.shutdown()
     counts = manifest["counts"]
     return {"wall": phase.wall, "busy": phase.busy, "ray_start_s": start.wall, "logical_cpus": logical,
             "clips": counts["clips"], "inputs": counts["inputs"], "quarantined": dict(counts["quarantined"]),
-            "shards": manifest.get("shards", {}), "process_cpu": processes}
+            "shards": manifest.get("shards", {}), "process_cpu": processes,
+            "worker_processes": worker_processes}
 
 
 # ----------------------------------------------------------------------------- report
@@ -341,7 +345,8 @@ def markdown(report: dict) -> str:
     if ray_run:
         lines += ["", f"Ray run: {ray_run['inputs']} inputs, {ray_run['clips']} clips, quarantined "
                   f"{ray_run['quarantined'] or 'none'}; {ray_run['logical_cpus']} logical CPUs; Ray start "
-                  f"{ray_run['ray_start_s']:.1f} s not included.", "",
+                  f"{ray_run['ray_start_s']:.1f} s not included; {ray_run['worker_processes']} Ray worker processes "
+                  f"were seen.", "",
                   "Ray run CPU-seconds by process title (sampled every 0.5 s; a process that lived under 0.5 s is missed): " +
                   ", ".join(f"{k} {v:.0f}" for k, v in ray_run["process_cpu"].items() if v >= 1) + "."]
     return "\n".join(lines)

@@ -81,3 +81,30 @@ def test_fingerprints_of_kept_tracks_round_trip_in_keep_order(tmp_path):
     index = dedup.load_fingerprints(out, 0.83)
     assert index.track_ids == ["t-a", "t-b"] and index.source_uri_of("t-b") == "/m/b.flac"
     assert list(index.fingerprints[0]) == list(_print(1))
+
+
+def test_pre_pass_stops_at_the_first_kept_clip_and_claims_as_the_full_analysis(tmp_path):
+    """content_claim gates a track only up to its first kept clip: same hash, same claim, fewer clips measured."""
+    import numpy as np
+    import soundfile as sf
+
+    from pipelines.corpus.dedup import content_claim
+    from pipelines.corpus.frontend import analyse_track
+    from schemas import constants as C
+
+    t = np.arange(int(4 * C.CLIP_SECONDS * C.SAMPLE_RATE)) / C.SAMPLE_RATE
+    music = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+    music[: int(C.CLIP_SECONDS * C.SAMPLE_RATE)] = 0.0                  # clip 0 silent, clips 1-3 kept
+    sf.write(tmp_path / "late.wav", music.astype(np.float32), C.SAMPLE_RATE)
+    sf.write(tmp_path / "silent.wav", np.zeros(len(t), np.float32), C.SAMPLE_RATE)
+    late = {"source_uri": str(tmp_path / "late.wav"), "track_id": "a" * 16, "metadata": {}}
+    silent = {"source_uri": str(tmp_path / "silent.wav"), "track_id": "b" * 16, "metadata": {}}
+
+    full, _ = analyse_track(late)
+    short, decoded = analyse_track(late, until_kept=True)
+    assert [r["reject_reason"] for r in full] == ["silent", "", "", ""]
+    assert [r["reject_reason"] for r in short] == ["silent", ""] and decoded is not None
+    assert {r["content_hash"] for r in short} == {full[0]["content_hash"]} != {""}
+    claim = content_claim(late, gates={}, fingerprints=True)
+    assert claim["content_hash"] == full[0]["content_hash"] and len(claim["fingerprint"]) > 0
+    assert content_claim(silent, gates={}, fingerprints=True)["content_hash"] == ""     # nothing kept: no claim
