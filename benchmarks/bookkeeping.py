@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         old = time_old(old_out)
         scale = (a.clips * (QUARANTINE_EVERY - 1) / QUARANTINE_EVERY / 8) / old["files"]   # files at --clips kept clips
         old_at_scale = {k: v * scale for k, v in old.items() if k.endswith("_s")}
-        result = {"storage": "s3 (SeaweedFS, loopback)" if a.s3 else "local disk", "clips": a.clips, "shard_rows": a.shard_rows, "new": new, "old_measured": old,
+        result = {"storage": "s3 (SeaweedFS, loopback)" if a.s3 else "local disk",
+                  "clips": a.clips, "shard_rows": a.shard_rows, "new": new, "old_measured": old,
                   "old_extrapolated_files": round(old["files"] * scale), "old_extrapolated": old_at_scale,
                   "ratio": old_at_scale["total_s"] / new["total_s"], "cpus": os.cpu_count(),
                   "load_avg": os.getloadavg()}
