@@ -26,7 +26,6 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +39,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.docs_block import replace_block  # noqa: E402
+from benchmarks.near_duplicates import audio_seconds  # noqa: E402
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-MARK_START, MARK_END = "<!-- corpus_scale:start -->", "<!-- corpus_scale:end -->"
 PACKAGES = {
     "planetblupi-music-ogg": "/usr/share/planetblupi/music/*.ogg",
     "drascula-music": "/usr/share/scummvm/drascula/audio/*.ogg",
@@ -54,14 +55,6 @@ ZIPPED_AUDIO = (".ogg", ".mp3", ".wav", ".flac")
 
 
 # ----------------------------------------------------------------------------- the music
-
-def _seconds(path: str) -> float:
-    done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
-                          capture_output=True, text=True)
-    try:
-        return float(done.stdout.strip())
-    except ValueError:
-        return 0.0
 
 
 def _render_midi(midi: str, flac: str) -> None:
@@ -95,7 +88,7 @@ def assemble(work: str) -> dict[str, list[tuple[str, float]]]:
                     _render_midi(path, target)
             elif not os.path.lexists(os.path.join(folder, name)):
                 os.symlink(path, os.path.join(folder, name))
-        out[package] = [(p, _seconds(p)) for p in sorted(glob.glob(os.path.join(folder, "*")))]
+        out[package] = [(p, audio_seconds(p)) for p in sorted(glob.glob(os.path.join(folder, "*")))]
     return out
 
 
@@ -353,12 +346,7 @@ def markdown(report: dict) -> str:
 
 
 def write_docs(text: str) -> None:
-    doc = DOCS.read_text(encoding="utf-8")
-    if MARK_START not in doc:
-        doc += f"\n{MARK_START}\n{MARK_END}\n"
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    DOCS.write_text(re.sub(re.escape(MARK_START) + ".*" + re.escape(MARK_END), lambda _: block, doc, flags=re.S),
-                    encoding="utf-8")
+    replace_block(DOCS, "corpus_scale", text)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import platform
-import re
 import resource
 import sys
 import tempfile
@@ -37,8 +36,9 @@ import torch  # noqa: E402
 
 from schemas import constants as C  # noqa: E402
 
+from benchmarks.docs_block import replace_block  # noqa: E402
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-MARK_START, MARK_END = "<!-- corpus_stages:start -->", "<!-- corpus_stages:end -->"
 TENSOR_COLUMNS = ("latent_mean", "latent_std", "t5", "clap")
 REPORTED_COLUMNS = ("latent_mean", "latent_std", "t5", "clap", "tags", "captions")
 CAPTION_COLUMNS = ("caption", "caption_original", "caption_synthetic")
@@ -286,12 +286,7 @@ def markdown(report: dict) -> str:
 
 
 def write_docs(text: str) -> None:
-    doc = DOCS.read_text(encoding="utf-8") if DOCS.exists() else f"# Benchmarks\n\n{MARK_START}\n{MARK_END}\n"
-    if MARK_START not in doc:
-        doc += f"\n{MARK_START}\n{MARK_END}\n"
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    DOCS.write_text(re.sub(re.escape(MARK_START) + ".*" + re.escape(MARK_END), lambda _: block, doc, flags=re.S),
-                    encoding="utf-8")
+    replace_block(DOCS, "corpus_stages", text)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -65,7 +65,8 @@ def collect(work: str) -> list[tuple[str, str]]:
 MIN_EXCERPT_SECONDS = 30.0    # shorter tracks (jingles) are left out: the 7 s trim and the 10 s overlap need room
 
 
-def _seconds(path: str) -> float:
+def audio_seconds(path: str) -> float:
+    """Duration by ffprobe (0.0 when it cannot tell)."""
     done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
                           capture_output=True, text=True)
     try:
@@ -84,7 +85,7 @@ def make_variants(tracks: list[tuple[str, str]], work: str, excerpt: float) -> l
         original = at(number, "original", "flac")
         if not os.path.exists(original):
             _ffmpeg("-ss", "10", "-t", str(excerpt), "-i", path, "-c:a", "flac", original)
-        if _seconds(original) >= MIN_EXCERPT_SECONDS:
+        if audio_seconds(original) >= MIN_EXCERPT_SECONDS:
             kept.append(number)
     out = []
     for i, number in enumerate(kept):
