@@ -248,7 +248,8 @@ class CaptionStage:
         out.update(caption_synthetic=captions, reject_reason=reasons, reject_stage=stages, reject_detail=details)
         if "caption_original" not in out:
             metadata = batch.get("metadata", [None] * n)
-            out["caption_original"] = np.array([original_caption(metadata_dict(m)) for m in metadata], dtype=object)
+            out["caption_original"] = np.array([original_caption(metadata_dict(m)) or "" for m in metadata],
+                                               dtype=object)
         return out
 
 
@@ -279,7 +280,7 @@ def _vllm_result(row: dict[str, Any]) -> dict[str, Any]:
     out["caption_synthetic"] = ""
     if "tags" in out:
         out["tags"] = tag_lists([out["tags"]])[0]
-    out.setdefault("caption_original", None)
+    out.setdefault("caption_original", "")
     if out.get("reject_reason"):
         return out
     error = row.get("__inference_error__") or ""

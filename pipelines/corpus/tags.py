@@ -249,8 +249,9 @@ def add_signal_tags(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class TagStage:
-    """Architecture step 4: adds `tags` and `caption_original`, drops `audio` and `mel`; skips rejected rows.
-    Signal tags come from the descriptor stage's `signal_tags` column, or are computed here without one."""
+    """Architecture step 4: adds `tags` and `caption_original` ("" when there is none: a block of only None
+    would get another Arrow type and Ray Data could not join it to the others), drops `audio` and `mel`;
+    skips rejected rows. Signal tags come from the descriptor stage's `signal_tags` column, or are computed here without one."""
 
     def __init__(self, kit_name_or_path: str, top_k: int = 5):
         from pipelines.models.kits import load_kit
@@ -282,14 +283,14 @@ class TagStage:
                     reject(i, "tagging_failed", error)
                 live = []
         for i in range(n):
-            tags[i], originals[i] = [], None
+            tags[i], originals[i] = [], ""         # "" (not None) for no original: one Arrow type in every block
         for i in live:
             try:
                 metadata = metadata_dict(batch["metadata"][i])
                 signal = (json.loads(batch[SIGNAL_TAGS][i]) if SIGNAL_TAGS in batch
                           else clip_descriptor_tags(batch["audio"][i], batch["duration_seconds"][i]))
                 tags[i] = metadata_tags(metadata) + signal + clap[i]
-                originals[i] = original_caption(metadata)
+                originals[i] = original_caption(metadata) or ""
             except Exception as error:  # noqa: BLE001
                 reject(i, "tagging_failed", error)
                 tags[i] = []

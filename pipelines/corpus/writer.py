@@ -83,19 +83,21 @@ class ShardWriter:
         self.committed: list[str] = []
 
     def add(self, corpus: pa.Table, quarantine: pa.Table) -> list[str]:
-        """Buffer the rows; commit every open shard that reached its target. Returns the shards committed."""
+        """Buffer the rows; commit every open shard that reached its target (a shard holds at most its row
+        target: rows beyond it open the next shard). Returns the shards committed."""
         done = []
         parts = [((CORPUS_DIR, split), corpus.filter(pc.equal(corpus["split"], split)))
                  for split in ("train", "valid")] if corpus.num_rows else []
         parts.append(((QUARANTINE_DIR, ""), quarantine))
         for key, table in parts:
-            if not table.num_rows:
-                continue
-            self.open.setdefault(key, []).append(table)
             rows_target, bytes_target = self.targets[key[0]]
-            buffered = self.open[key]
-            if sum(t.num_rows for t in buffered) >= rows_target or sum(t.nbytes for t in buffered) >= bytes_target:
-                done.append(self._commit(key))
+            while table.num_rows:
+                buffered = self.open.setdefault(key, [])
+                room = rows_target - sum(t.num_rows for t in buffered)
+                buffered.append(table.slice(0, room))
+                table = table.slice(room)
+                if sum(t.num_rows for t in buffered) >= rows_target or sum(t.nbytes for t in buffered) >= bytes_target:
+                    done.append(self._commit(key))
         return done
 
     def flush(self) -> list[str]:

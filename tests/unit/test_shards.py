@@ -57,6 +57,7 @@ def test_shards_fill_to_target_and_index_vouches_for_them(tmp_path):
     for table in corpus:
         validate(table, CORPUS)
     assert sum(t.num_rows for t in corpus) == 12 and len(set(corpus[0]["track_id"].to_pylist())) > 1
+    assert [t.num_rows for t in corpus] == [5, 5, 2]            # a shard never passes its row target
     index = OutputIndex.load(out)
     assert index.healed == 0 and index.entries.num_rows == len(committed)
     validate(index.entries, SHARD_INDEX)
@@ -66,6 +67,14 @@ def test_shards_fill_to_target_and_index_vouches_for_them(tmp_path):
     c = index.table(CORPUS_DIR)
     mean, std = latent_stats(c["latent_sum"].to_numpy(), c["latent_sumsq"].to_numpy(), c["latent_count"].to_numpy())
     assert mean == pytest.approx(1.5) and std == pytest.approx(np.std([0, 1, 2, 3]))
+
+
+def test_one_large_batch_is_split_at_the_row_target(tmp_path):
+    w = writer(str(tmp_path), rows=4)
+    committed = w.add(*batch_tables(batch("big", 11, rejected=0, value=1.0), valid_fraction=0.0))
+    assert len(committed) == 2 and w.flush() and len(w.committed) == 3
+    rows = [storage.read_parquet(os.path.join(str(tmp_path), s)).num_rows for s in w.committed]
+    assert rows == [4, 4, 3]
 
 
 def test_a_lost_shard_makes_its_tracks_incomplete_and_an_unindexed_one_is_healed(tmp_path):
