@@ -251,7 +251,8 @@ def add_signal_tags(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class TagStage:
     """Architecture step 4: adds `tags` and `caption_original` ("" when there is none: a block of only None
     would get another Arrow type and Ray Data could not join it to the others), drops `audio` and `mel`;
-    skips rejected rows. Signal tags come from the descriptor stage's `signal_tags` column, or are computed here without one."""
+    skips rejected rows. Signal tags come from the descriptor stage's `signal_tags` column, or are computed
+    here without one."""
 
     def __init__(self, kit_name_or_path: str, top_k: int = 5):
         from pipelines.models.kits import load_kit
