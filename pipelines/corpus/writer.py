@@ -4,8 +4,8 @@ A pool of `ShardWriter` actors (the driver starts them) each buffers rows in its
 quarantine) and commits one when it reaches its target rows or bytes, when the driver asks it to flush after the
 dataset is consumed, and when it is asked to stop. A commit writes the shard under a temp name + rename (one PUT
 on S3), then its index entry. A crash loses at most the open shards: their items are in no committed shard, so a
-re-run recomputes them. The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands them
-to one writer; it returns one summary row per item for the driver's count of this run.
+re-run recomputes them. The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands each
+track's rows to that track's writer; it returns one summary row per item for the driver's count of this run.
 """
 from __future__ import annotations
 
@@ -119,15 +119,24 @@ class ShardWriter:
         return shard
 
 
+def writer_of(track_id: str, writers: int) -> int:
+    """The writer of a track's rows, by a hash of its id: every writer gets a share of any batch of several
+    tracks, so even a small corpus fills one shard per writer (training gives each worker whole shards)."""
+    return int(hashlib.sha256(f"writer:{track_id}".encode()).hexdigest()[:8], 16) % writers
+
+
 def route_to_writers(batch: dict[str, np.ndarray], writers: list, valid_fraction: float) -> dict[str, np.ndarray]:
-    """The Ray Data writer stage: Arrow tables of this batch to one writer actor (chosen by a hash of the
-    batch's first item, so batches spread over the pool); waits for it, so a slow writer slows the stream."""
+    """The Ray Data writer stage: each row, as Arrow, to the writer of its track (`writer_of`); waits for
+    them, so a slow writer slows the stream."""
     import ray
 
-    corpus, quarantine = batch_tables(batch, valid_fraction)
-    first = str(batch["clip_id"][0]) if len(batch["clip_id"]) else ""
-    writer = writers[int(hashlib.sha256(first.encode()).hexdigest()[:8], 16) % len(writers)]
-    ray.get(writer.add.remote(corpus, quarantine))
+    owner = np.array([writer_of(str(t), len(writers)) for t in batch["track_id"]], np.int64)
+    calls = []
+    for w in np.unique(owner):
+        rows = np.flatnonzero(owner == w)
+        calls.append(writers[w].add.remote(*batch_tables({k: np.asarray(v)[rows] for k, v in batch.items()},
+                                                         valid_fraction)))
+    ray.get(calls)
     return summary(batch)
 
 

@@ -15,6 +15,7 @@ from pipelines.training.data import (
     validation_dataset,
 )
 from pipelines.training.loop import train_loop_per_worker
+from pipelines.training.rendezvous import BoundStoreTorchConfig
 
 
 def _absolute(uri: str) -> str:
@@ -55,6 +56,7 @@ def run_training(config: TrainConfig, *, resume: bool = False):
     files_ref = ray.put([asdict(f) for f in files])
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=BoundStoreTorchConfig(),      # the rendezvous store on the rank-0 address only, not every interface
         train_loop_config={"train": asdict(config), "manifest": manifest, "data": config.data, "run_dir": run_dir,
                            "files": files_ref},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,

@@ -140,3 +140,11 @@ def test_training_scan_uses_the_index_and_falls_back_without_it(tmp_path, monkey
     monkeypatch.undo()
     shutil.rmtree(os.path.join(out, INDEX_DIR))
     assert data.scan_corpus(out) == with_index
+
+
+def test_rows_go_to_their_tracks_writer_and_every_writer_gets_a_share():
+    from pipelines.corpus.writer import writer_of
+
+    owners = [writer_of(f"{t:016x}", 2) for t in range(40)]
+    assert set(owners) == {0, 1} and owners == [writer_of(f"{t:016x}", 2) for t in range(40)]
+    assert all(writer_of(f"{t:016x}", 1) == 0 for t in range(5))
