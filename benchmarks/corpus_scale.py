@@ -201,12 +201,10 @@ def balance(sources: list[dict], seconds: dict[str, float], parts: int) -> list[
 
 def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict, result) -> None:
     """Every stage of the corpus job in this one process, streamed in batches; puts per-stage seconds in result."""
-    import resource
-
     import torch
 
     torch.set_num_threads(1)
-    from benchmarks.corpus_stages import to_batch
+    from benchmarks.corpus_stages import cpu_seconds, to_batch
     from pipelines.corpus.captions import CaptionStage, mix_captions
     from pipelines.corpus.dedup import content_claim
     from pipelines.corpus.encode import TextStage, VaeStage
@@ -214,24 +212,25 @@ def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict
     from pipelines.corpus.tags import TagStage, add_signal_tags
     from pipelines.corpus.writer import CorpusWriter
 
-    def cpu() -> float:
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
     seconds: dict[str, float] = defaultdict(float)
 
-    def timed(name, fn, *args):
-        t0 = cpu()
-        out = fn(*args)
-        seconds[name] += cpu() - t0
+    def timed(name, fn, *args, **kwargs):
+        t0 = cpu_seconds()
+        out = fn(*args, **kwargs)
+        seconds[name] += cpu_seconds() - t0
         return out
 
-    t0 = cpu()
-    stages = [("log-mel", add_log_mel), ("VAE", VaeStage(kit)), ("descriptors", add_signal_tags),
+    def front_end(source: dict) -> list[dict]:
+        rows = process_track(source, **gates)
+        for row in rows:
+            row["metadata"] = _normalise_metadata(row.get("metadata"))
+        return rows
+
+    t0 = cpu_seconds()
+    stages = [("log-mel", add_log_mel), ("descriptors", add_signal_tags), ("VAE", VaeStage(kit)),   # the job's order
               ("CLAP tags", TagStage(kit)), ("captions", CaptionStage(kit, backend="transformers")),
               ("mix", mix_captions), ("T5 + CLAP", TextStage(kit)), ("writer", CorpusWriter(output, 0.02))]
-    seconds["imports + model loads"] += cpu() - t0
+    seconds["imports + model loads"] += cpu_seconds() - t0
     clips = 0
 
     def run(rows: list[dict]) -> None:
@@ -243,22 +242,15 @@ def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict
 
     pending: list[dict] = []
     for source in share:
-        t = cpu()
-        content_claim(source, gates=gates, fingerprints=True)
-        seconds["dedup pre-pass"] += cpu() - t
-        t = cpu()
-        rows = process_track(source, **gates)
-        for row in rows:
-            row["metadata"] = _normalise_metadata(row.get("metadata"))
-        seconds["front end"] += cpu() - t
-        pending += rows
+        timed("dedup pre-pass", content_claim, source, gates=gates, fingerprints=True)
+        pending += timed("front end", front_end, source)
         while len(pending) >= batch_size:
             run(pending[:batch_size])
             pending = pending[batch_size:]
     if pending:
         run(pending)
     timed("writer", stages[-1][1].flush)
-    result.put({"clips": clips, "seconds": dict(seconds), "cpu": cpu()})
+    result.put({"clips": clips, "seconds": dict(seconds), "cpu": cpu_seconds()})
 
 
 def baseline(sources: list[dict], durations: dict[str, float], kit: str, batch_size: int, work: str,
