@@ -204,7 +204,8 @@ def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict
     import torch
 
     torch.set_num_threads(1)
-    from benchmarks.corpus_stages import cpu_seconds, to_batch
+    from benchmarks.corpus_stages import cpu_seconds
+    from pipelines.corpus.rows import rows_to_batch
     from pipelines.corpus.captions import CaptionStage, mix_captions
     from pipelines.corpus.dedup import content_claim
     from pipelines.corpus.encode import TextStage, VaeStage
@@ -235,7 +236,7 @@ def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict
 
     def run(rows: list[dict]) -> None:
         nonlocal clips
-        batch = to_batch(rows)
+        batch = rows_to_batch(rows)
         for name, stage in stages:
             batch = timed(name, stage, batch)
         clips += int(batch["ok"].sum())

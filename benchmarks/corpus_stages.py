@@ -68,22 +68,6 @@ class Clock:
 
 # ----------------------------------------------------------------------------- batches as Ray Data makes them
 
-def to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Rows -> a numpy batch: stacked arrays for tensors, object arrays for str/dict/list/bytes/None."""
-    batch = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        if isinstance(values[0], np.ndarray):
-            batch[key] = np.stack(values)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            batch[key] = np.asarray(values)
-        else:
-            column = np.empty(len(values), dtype=object)
-            column[:] = values
-            batch[key] = column
-    return batch
-
-
 def live_count(batch: dict[str, np.ndarray]) -> int:
     return int(sum(1 for r in batch["reject_reason"] if not r))
 
@@ -132,13 +116,14 @@ def descriptors_only(batches: list[dict]) -> dict:
 def in_process_stages(sources: list[dict], kit: str, batch_size: int, output: str) -> tuple[list[dict], dict]:
     """Every stage in order on the same batches; returns per-stage results and model load seconds."""
     from pipelines.corpus.captions import CaptionStage, mix_captions
-    from pipelines.corpus.frontend import add_log_mel
-    from pipelines.corpus.writer import CorpusWriter
     from pipelines.corpus.encode import TextStage, VaeStage
+    from pipelines.corpus.frontend import add_log_mel
+    from pipelines.corpus.rows import rows_to_batch
     from pipelines.corpus.tags import TagStage
+    from pipelines.corpus.writer import CorpusWriter
 
     rows, front = front_end_rows(sources)
-    batches = [to_batch(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    batches = [rows_to_batch(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
     loads = {}
     stages = [("log-mel", lambda: add_log_mel),
               ("VaeStage", lambda: VaeStage(kit)),

@@ -9,6 +9,10 @@ OUTPUT/index/*.parquet (one small entry per shard: what resume, the manifest and
 OUTPUT/null_text/null_text.parquet (the empty-caption embeddings), OUTPUT/fingerprints/*.parquet (Chromaprint
 fingerprints of the kept tracks, for the near-duplicate stage of later runs) and OUTPUT/manifest.json (the account).
 Re-running on the same OUTPUT skips what is complete and adds new inputs.
+
+Two plans run the stages (--plan): "staged", a Ray Data operator per stage with its own resources (--stage-resources,
+--resources; GPU clusters), and "fused", a pool of 1-CPU actors each taking whole tracks through every stage (CPU-only
+runs). The default, auto, is fused unless a stage resource is declared or captions use vLLM (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pipelines.corpus.config import (  # noqa: E402
     CorpusConfig,
     load_stage_resources,
     parse_stage_resources,
+    resolve_plan,
 )
 from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
 from pipelines.corpus.report import write_report  # noqa: E402
@@ -85,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                    help="... or at this many MiB of Arrow data, whichever comes first (default: %(default)s)")
     p.add_argument("--row-group-rows", type=int, default=corpus_config.ROW_GROUP_ROWS,
                    help="Parquet row group size of the shards (default: %(default)s)")
+    p.add_argument("--plan", choices=corpus_config.PLANS, default=defaults.plan,
+                   help="staged: an operator per stage with its own resources; fused: actors that each take a track "
+                        "through every stage; auto: fused unless a stage resource is declared or captions use vLLM "
+                        "(default: %(default)s)")
+    p.add_argument("--fused-actors", type=int, default=defaults.fused_actors, metavar="N",
+                   help="actors of the fused plan, 1 CPU each (default: one per CPU Ray has beside the writers, at most "
+                        "one per core on a one-node Ray)")
     p.add_argument("--stage-resources", action="append", default=[], metavar="STAGE=KEY:VALUE,...",
                    help="resources of one stage, e.g. vae=gpus:1,actors:8,corpus_gpu:0.01 (keys cpus, gpus, actors, "
                         "memory; any other key is a custom Ray resource). Stages: " + ", ".join(corpus_config.STAGES)
@@ -102,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
         if "resources" in fields and "resources" in stages.get(stage, {}):
             merged["resources"] = {**stages[stage]["resources"], **fields["resources"]}
         stages[stage] = merged
-    return CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
+    config = CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
                         silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction, min_lufs=a.min_lufs,
                         max_clipped_fraction=a.max_clipped_fraction, normalise_loudness=a.normalise_loudness,
                         near_duplicate_threshold=0.0 if a.no_near_duplicates else a.near_duplicate_threshold,
@@ -110,7 +122,13 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                         caption_backend=a.caption_backend, seed=a.seed, batch_size=a.batch_size,
                         actors_per_stage=a.actors_per_stage, gpus_per_actor=a.gpus_per_actor,
                         cpus_per_actor=a.cpus_per_actor, writers=a.writers, shard_rows=a.shard_rows,
-                        shard_bytes=int(a.shard_mb * 2**20), row_group_rows=a.row_group_rows, stage_resources=stages)
+                        shard_bytes=int(a.shard_mb * 2**20), row_group_rows=a.row_group_rows, stage_resources=stages,
+                        plan=a.plan, fused_actors=a.fused_actors)
+    try:
+        resolve_plan(config)
+    except ValueError as error:
+        p.error(str(error))
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

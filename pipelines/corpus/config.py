@@ -1,4 +1,4 @@
-"""What a corpus run is asked to do: `CorpusConfig` (inputs, output, kit, gates, caption mix, shards, resources)."""
+"""What a corpus run is asked to do: `CorpusConfig` (inputs, output, kit, gates, caption mix, shards, resources, plan)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -17,6 +17,12 @@ SHARD_ROWS = 1024
 SHARD_BYTES = 512 * 2**20
 ROW_GROUP_ROWS = 64
 QUARANTINE_SHARD_ROWS = 8192   # quarantine rows are a few hundred bytes: sharded by count alone
+
+# How the stages run (docs/architecture.md "Two plans"): "staged", a Ray Data operator per stage with its own
+# resources (GPU clusters); "fused", one pool of 1-CPU actors each taking a track through every stage (CPU-only
+# runs: no hops between stages, the models loaded once per actor); "auto" picks fused unless a resource is declared.
+PLANS = ("auto", "fused", "staged")
+FUSED_CPUS = 1.0               # one core's work: every stage in turn, 1 torch / BLAS thread, as Ray sets for 1 CPU
 
 
 @dataclass
@@ -67,6 +73,8 @@ class CorpusConfig:
     row_group_rows: int = ROW_GROUP_ROWS
     quarantine_shard_rows: int = QUARANTINE_SHARD_ROWS
     stage_resources: dict[str, dict] = field(default_factory=dict)   # stage -> StageResources fields
+    plan: str = "auto"                     # PLANS: fused, staged, or auto (resolve_plan)
+    fused_actors: int = 0                  # the fused plan's actors; 0: one per CPU Ray has beside the writers
 
     def stage(self, name: str) -> StageResources:
         """The resources of one stage: its default, then this config's overrides."""
@@ -74,6 +82,34 @@ class CorpusConfig:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
         base = mix_resources(self) if name == "mix" else default_resources(self)[name]
         return StageResources(**{**asdict(base), **self.stage_resources.get(name, {})})
+
+
+def resolve_plan(config: CorpusConfig) -> str:
+    """"fused" or "staged". auto: fused on a CPU-only run with the default resources, staged as soon as any stage
+    resource is declared (stage overrides, a resources file, model-stage actors/CPUs/GPUs) or captions use vLLM:
+    placing stages on their own nodes and GPUs is what the staged plan is for."""
+    if config.plan not in PLANS:
+        raise ValueError(f"unknown plan {config.plan!r}; plans: {', '.join(PLANS)}")
+    if config.plan == "fused" and config.caption_backend == "vllm":
+        raise ValueError("the vllm caption back end is a Ray Data stage of its own: it needs plan 'staged' (or 'auto')")
+    if config.plan != "auto":
+        return config.plan
+    defaults = CorpusConfig(inputs=[], output="")
+    declared = (config.stage_resources or config.caption_backend == "vllm"
+                or (config.actors_per_stage, config.cpus_per_actor, config.gpus_per_actor)
+                != (defaults.actors_per_stage, defaults.cpus_per_actor, defaults.gpus_per_actor))
+    return "staged" if declared else "fused"
+
+
+def fused_pool_size(config: CorpusConfig, ray_cpus: float, cores: int | None = None) -> int:
+    """The fused plan's actor count: --fused-actors, or one 1-CPU actor per CPU Ray has beside the writers, at most
+    one per core of this machine when Ray runs on it alone (`cores`): a local Ray may declare more CPUs than there
+    are cores, and a third actor on two cores measured slower than two (docs/benchmarks.md)."""
+    if config.fused_actors:
+        return config.fused_actors
+    writers = config.stage("writer")
+    fit = int((ray_cpus - writers.cpus * max(1, writers.actors)) // FUSED_CPUS)
+    return max(1, min(fit, cores) if cores else fit)
 
 
 def front_end_gates(config: CorpusConfig) -> dict[str, float]:

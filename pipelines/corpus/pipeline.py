@@ -1,19 +1,21 @@
 """The corpus job: every stage wired into one streamed Ray Data pipeline, resumed from the shard index.
 
-discover -> front end (decode, resample, segment, gates; CPU tasks) -> log-mel + signal descriptors (CPU tasks)
--> VAE (actors) -> CLAP tags (actors) -> captions (actors, or vLLM) -> 20/80 mix + T5 + CLAP (actors)
--> writer (CPU tasks handing rows to a pool of shard-writer actors).
-Each stage's CPUs, GPUs, actors and node resources come from `CorpusConfig.stage(name)`.
+discover -> front end (decode, resample, segment, gates) -> log-mel + signal descriptors -> VAE -> CLAP tags
+-> captions (transformers, or vLLM) -> 20/80 mix + T5 + CLAP -> a pool of shard-writer actors.
+Two plans run those stages (`resolve_plan`): staged, an operator per stage with the resources of
+`CorpusConfig.stage(name)` (CPU tasks, model actor pools; GPU clusters); fused, one pool of actors each taking a
+track through every stage (CPU-only runs, the default there). docs/architecture.md "Two plans".
 """
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from pipelines import storage
 from pipelines.corpus.account import build_manifest
-from pipelines.corpus.config import CorpusConfig, front_end_gates
+from pipelines.corpus.config import FUSED_CPUS, CorpusConfig, front_end_gates, fused_pool_size, resolve_plan
 from pipelines.corpus.dedup import start_registry, write_fingerprints
 from pipelines.corpus.index import OutputIndex
 from pipelines.corpus.ledger import ledger_of
@@ -21,54 +23,86 @@ from pipelines.corpus.writer import start_writers, write_null_text
 from schemas.manifest import MANIFEST
 
 
+def clip_steps(config: CorpusConfig) -> list[tuple[str, Callable, dict]]:
+    """The clip stages in the order both plans run them: (stage, callable class or function, its kwargs).
+    All CPU work of a clip (log-mel, descriptors) comes before the first model, so on a cluster a clip crosses
+    from CPU to GPU nodes once; the mix comes just before T5 (with the text stage's resources Ray fuses it in)."""
+    from pipelines.corpus.captions import CaptionStage, mix_captions
+    from pipelines.corpus.encode import TextStage, VaeStage
+    from pipelines.corpus.frontend import add_log_mel
+    from pipelines.corpus.tags import TagStage, add_signal_tags
+
+    kit = {"kit_name_or_path": config.kit}
+    return [("mel", add_log_mel, {"loudness_target": config.normalise_loudness}),
+            ("descriptors", add_signal_tags, {}),
+            ("vae", VaeStage, kit),
+            ("tags", TagStage, kit),
+            ("captions", CaptionStage, dict(kit, backend=config.caption_backend, seed=config.seed)),
+            ("mix", mix_captions, dict(p_original=config.original_caption_probability, seed=config.seed)),
+            ("text", TextStage, kit)]
+
+
 def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: list):
-    """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy)."""
+    """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy), in the config's plan."""
     import ray.data
 
-    from pipelines.corpus.captions import (
-        CaptionStage,
-        add_vllm_caption_stage,
-        mix_captions,
-    )
-    from pipelines.corpus.encode import TextStage, VaeStage
-    from pipelines.corpus.frontend import add_log_mel, front_end
-    from pipelines.corpus.tags import TagStage, add_signal_tags
+    ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
+    if resolve_plan(config) == "fused":
+        return _fused(ds, config, registry, writers)
+    return _staged(ds, config, registry, writers)
+
+
+def _staged(ds, config: CorpusConfig, registry, writers: list):
+    """An operator per stage with the stage's own CPUs, GPUs, actors and node resources."""
+    import ray.data
+
+    from pipelines.corpus.captions import add_vllm_caption_stage
+    from pipelines.corpus.frontend import front_end
     from pipelines.corpus.writer import route_to_writers
 
     env = _worker_env()
-    kit = {"kit_name_or_path": config.kit}
 
     def tasks(name: str) -> dict:
         return dict(config.stage(name).ray_options(), **env)
 
-    def actors(name: str, constructor: dict) -> dict:
-        stage = config.stage(name)
-        return dict(compute=ray.data.ActorPoolStrategy(size=max(1, stage.actors)), batch_size=config.batch_size,
-                    fn_constructor_kwargs=constructor, **stage.ray_options(), **env)
-
-    ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, **front_end_gates(config)), **tasks("frontend"))
-    # mel then descriptors, both CPU tasks with the same resources: Ray fuses them into one task (one pass of the
-    # audio through the object store instead of two), and the CPU work is done before the GPU stages.
-    ds = ds.map_batches(add_log_mel, batch_size=config.batch_size, fn_kwargs={"loudness_target": config.normalise_loudness},
-                        **tasks("mel"))
-    ds = ds.map_batches(add_signal_tags, batch_size=config.batch_size, **tasks("descriptors"))
-    ds = ds.map_batches(VaeStage, **actors("vae", kit))
-    ds = ds.map_batches(TagStage, **actors("tags", kit))
-    if config.caption_backend == "vllm":
-        ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, config.stage("captions").actors),
-                                    seed=config.seed)
-    else:
-        ds = ds.map_batches(CaptionStage, **actors("captions", dict(kit, backend=config.caption_backend,
-                                                                    seed=config.seed)))
-    # With the text stage's resources (the default) Ray fuses the mix into the T5 actors: no extra hop.
-    ds = ds.map_batches(mix_captions, batch_size=config.batch_size, **tasks("mix"),
-                        fn_kwargs=dict(p_original=config.original_caption_probability, seed=config.seed))
-    ds = ds.map_batches(TextStage, **actors("text", kit))
+    for name, fn, kwargs in clip_steps(config):
+        stage = config.stage(name)
+        if name == "captions" and config.caption_backend == "vllm":
+            ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, stage.actors), seed=config.seed)
+        elif isinstance(fn, type):           # a model stage: an actor pool, the model loaded once per actor
+            ds = ds.map_batches(fn, compute=ray.data.ActorPoolStrategy(size=max(1, stage.actors)),
+                                batch_size=config.batch_size, fn_constructor_kwargs=kwargs, **tasks(name))
+        else:                                # CPU tasks; Ray fuses neighbours with equal resources into one
+            ds = ds.map_batches(fn, batch_size=config.batch_size, fn_kwargs=kwargs, **tasks(name))
     # The writer stage's tasks are light (Arrow conversion): the actors hold the shards and the CPUs for zstd.
     # One row group a task: a task per model batch cost more than the conversion (benchmarks/corpus_scale.py).
     return ds.map_batches(route_to_writers, batch_size=max(config.batch_size, config.row_group_rows), num_cpus=0.1, **env,
                           fn_kwargs=dict(writers=writers, valid_fraction=config.valid_fraction))
+
+
+def _fused(ds, config: CorpusConfig, registry, writers: list):
+    """One pool of 1-CPU TrackWorker actors, each taking whole tracks through every stage to the writers."""
+    import ray.data
+
+    from pipelines.corpus.fused import TrackWorker
+
+    worker = dict(steps=clip_steps(config), front_end_kwargs=dict(registry=registry, **front_end_gates(config)),
+                  writers=writers, valid_fraction=config.valid_fraction, batch_size=config.batch_size,
+                  group_rows=config.row_group_rows)
+    return ds.map_batches(TrackWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=fused_actors(config)),
+                          fn_constructor_kwargs=worker, num_cpus=FUSED_CPUS, **_worker_env())
+
+
+def fused_actors(config: CorpusConfig) -> int:
+    """The fused plan's pool size on the Ray this process is connected to."""
+    import os
+
+    import ray
+
+    alone = sum(node["Alive"] for node in ray.nodes()) == 1       # then the driver runs on that node
+    cores = len(os.sched_getaffinity(0)) if alone else None
+    return fused_pool_size(config, ray.cluster_resources().get("CPU", 1.0), cores)
 
 
 def _worker_env() -> dict:
@@ -124,6 +158,9 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
     ledger = ledger_of(index)
     pending = [dict(s, skip_ids=sorted(ledger.items.get(s["track_id"], ()))) for s in sources
                if not ledger.complete(s["track_id"])]
+    plan = resolve_plan(config)
+    progress(f"plan: {plan}" + (f", {fused_actors(config)} actors taking tracks through every stage" if plan == "fused"
+                                else ", an operator per stage"))
     progress(f"{len(sources)} inputs discovered, {len(sources) - len(pending)} already complete, {len(pending)} to do")
 
     run: Counter = Counter()

@@ -1,4 +1,4 @@
-"""Ray Data batch helpers every corpus stage shares: a copy to extend, and the three reject columns.
+"""Ray Data batch helpers every corpus stage shares: rows to a batch, a copy to extend, the three reject columns.
 
 A clip row carries reject_reason / reject_stage / reject_detail ("" = fine) through every stage, so each item
 reaches the writer, which puts it in corpus/ or quarantine/. A stage skips rows already rejected.
@@ -18,6 +18,23 @@ def tag_lists(values) -> np.ndarray:
     for i, tags in enumerate(values):
         out[i] = [] if tags is None else list(tags)
     return out
+
+
+def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Rows (dicts with the same keys) -> a numpy batch as Ray Data hands a stage: arrays stacked, numbers as
+    arrays, everything else (str, dict, list, bytes, None) in object arrays."""
+    batch = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if isinstance(values[0], np.ndarray):
+            batch[key] = np.stack(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            batch[key] = np.asarray(values)
+        else:
+            column = np.empty(len(values), dtype=object)
+            column[:] = values
+            batch[key] = column
+    return batch
 
 
 def batch_copy(batch: dict) -> dict:

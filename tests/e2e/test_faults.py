@@ -135,19 +135,25 @@ def tiny_corpus(tmp_path_factory) -> str:
     return str(folder)
 
 
-def test_workers_sigkilled_mid_prepare_corpus(ray_local, music, tmp_path):
-    """The front-end task's worker and then the VAE actor are SIGKILLed while the job runs: Ray retries the
-    task and restarts the actor; every input ends up exactly once."""
+@pytest.mark.parametrize("plan, titles", [
+    ("staged", ["ray::FlatMap(front_end)", "ray::MapWorker(MapBatches(VaeStage))"]),
+    # busy on a track: it may already have handed part of it to a writer, which must not store it twice
+    ("fused", ["ray::MapWorker(MapBatches(TrackWorker)).submit"]),
+])
+def test_workers_sigkilled_mid_prepare_corpus(ray_local, music, tmp_path, plan, titles):
+    """Staged: the front-end task's worker and then the VAE actor are SIGKILLed while the job runs; fused: a
+    track worker. Ray retries the task and restarts the actor; every input ends up exactly once."""
     folder, inputs = music
-    config = CorpusConfig(inputs=[folder], output=str(tmp_path / "out"), batch_size=2)
-    killer = Killer(["ray::FlatMap(front_end)", "ray::MapWorker(MapBatches(VaeStage))"])
+    config = CorpusConfig(inputs=[folder], output=str(tmp_path / "out"), batch_size=2, row_group_rows=2, plan=plan)
+    killer = Killer(titles)
     killer.start()
     try:
         manifest, errors = run_to_completion(config)
     finally:
         killer.done.set()
         killer.join()
-    assert [t.split("(", 1)[0] for _, t in killer.killed] == ["ray::FlatMap", "ray::MapWorker"], killer.killed
+    assert [t for _, t in killer.killed] and len(killer.killed) == len(titles), killer.killed
+    assert all(t.startswith(p.split("(", 1)[0]) for (_, t), p in zip(killer.killed, titles)), killer.killed
     assert errors == [], f"the job should survive a killed worker: {errors}"
     assert manifest["counts"]["incomplete_tracks"] == 0 and manifest["counts"]["inputs"] == len(inputs)
     assert_every_input_once(config.output, inputs)

@@ -1,4 +1,4 @@
-"""The corpus job's Ray Data plan: the stages Ray is meant to fuse are fused (fewer passes through the object store)."""
+"""The corpus job's Ray Data plans: staged, where the stages Ray is meant to fuse are fused; fused, one actor pool."""
 from __future__ import annotations
 
 import re
@@ -14,9 +14,13 @@ def _optimized_physical_plan(ds, capsys) -> str:
     return text.split("Physical Plan (Optimized)")[1]
 
 
-def test_mel_with_descriptors_and_mix_with_text_fuse_by_default(ray_local, capsys):
-    source = {"source_uri": "/music/a.flac", "track_id": "0" * 16, "metadata": {}}
-    plan = _optimized_physical_plan(build_dataset(CorpusConfig(inputs=[], output="x"), [source], None, []), capsys)
+SOURCE = {"source_uri": "/music/a.flac", "track_id": "0" * 16, "metadata": {}}
+
+
+def test_staged_plan_fuses_mel_with_descriptors_and_mix_with_text(ray_local, capsys):
+    source = SOURCE
+    config = CorpusConfig(inputs=[], output="x", plan="staged")
+    plan = _optimized_physical_plan(build_dataset(config, [source], None, []), capsys)
     operators = re.findall(r"(TaskPool|ActorPool)MapOperator\[([^\]]+)\]", plan)
     assert ("TaskPool", "MapBatches(add_log_mel)->MapBatches(add_signal_tags)") in operators
     assert ("ActorPool", "MapBatches(mix_captions)->MapBatches(TextStage)") in operators
@@ -25,6 +29,12 @@ def test_mel_with_descriptors_and_mix_with_text_fuse_by_default(ray_local, capsy
     assert names.index("MapBatches(add_log_mel)->MapBatches(add_signal_tags)") < names.index("MapBatches(VaeStage)")
 
     # a mix given resources of its own is a task stage of its own again
-    config = CorpusConfig(inputs=[], output="x", stage_resources={"mix": {"cpus": 0.25}})
+    config = CorpusConfig(inputs=[], output="x", stage_resources={"mix": {"cpus": 0.25}})      # auto: staged
     plan = _optimized_physical_plan(build_dataset(config, [source], None, []), capsys)
     assert "TaskPoolMapOperator[MapBatches(mix_captions)]" in plan
+
+
+def test_default_cpu_run_is_one_pool_of_track_workers(ray_local, capsys):
+    plan = _optimized_physical_plan(build_dataset(CorpusConfig(inputs=[], output="x"), [SOURCE], None, []), capsys)
+    operators = re.findall(r"(TaskPool|ActorPool)MapOperator\[([^\]]+)\]", plan)
+    assert operators == [("ActorPool", "MapBatches(TrackWorker)")], operators

@@ -10,8 +10,10 @@ from pipelines import storage
 from pipelines.corpus.account import latent_stats
 from pipelines.corpus.config import (
     CorpusConfig,
+    fused_pool_size,
     load_stage_resources,
     parse_stage_resources,
+    resolve_plan,
 )
 from pipelines.corpus.index import OutputIndex, sum_map
 from pipelines.corpus.ledger import ledger_of
@@ -77,6 +79,22 @@ def test_one_large_batch_is_split_at_the_row_target(tmp_path):
     assert rows == [4, 4, 3]
 
 
+def test_rows_handed_over_again_are_stored_once(tmp_path):
+    """A retried task (its worker died after handing over part of a track) hands the same rows again."""
+    w = writer(str(tmp_path), rows=4)
+    committed = w.add(*batch_tables(batch("t0", 3, rejected=1), valid_fraction=0.0))
+    committed += w.add(*batch_tables(batch("t0", 3, rejected=1), valid_fraction=0.0))     # the retry
+    committed += w.add(*batch_tables(batch("t1", 2, rejected=1), valid_fraction=0.0))
+    committed += w.flush()
+
+    def ids(kind: str, column: str) -> list[str]:
+        return sorted(i for s in committed if s.startswith(kind)
+                      for i in storage.read_parquet(os.path.join(str(tmp_path), s))[column].to_pylist())
+
+    assert ids(CORPUS_DIR, "clip_id") == ["t0-00000", "t0-00001", "t0-00002", "t1-00000", "t1-00001"]
+    assert ids(QUARANTINE_DIR, "item_id") == ["t0-00003", "t1-00002"]
+
+
 def test_a_lost_shard_makes_its_tracks_incomplete_and_an_unindexed_one_is_healed(tmp_path):
     out = str(tmp_path)
     w = writer(out, rows=3)
@@ -120,6 +138,30 @@ def test_stage_resources_from_flags_and_file():
         parse_stage_resources(["nope=cpus:1"])
     with pytest.raises(ValueError):
         load_stage_resources("vae: {gpu: 1}")
+
+
+def test_plan_is_fused_on_a_default_cpu_run_and_staged_once_resources_are_declared():
+    def plan(**fields) -> str:
+        return resolve_plan(CorpusConfig(inputs=[], output="x", **fields))
+
+    assert plan() == "fused" and plan(writers=4) == "fused"
+    for declared in ({"stage_resources": {"vae": {"gpus": 1.0}}}, {"gpus_per_actor": 0.5}, {"actors_per_stage": 2},
+                     {"cpus_per_actor": 1.0}, {"caption_backend": "vllm"}):
+        assert plan(**declared) == "staged", declared
+    assert plan(plan="staged") == "staged" and plan(plan="fused", actors_per_stage=2) == "fused"
+    with pytest.raises(ValueError, match="vllm"):
+        plan(plan="fused", caption_backend="vllm")
+    with pytest.raises(ValueError, match="plans"):
+        plan(plan="both")
+
+
+def test_fused_pool_is_one_actor_per_cpu_beside_the_writers_at_most_one_per_core():
+    config = CorpusConfig(inputs=[], output="x")                     # 2 writers x 0.25 CPU
+    assert fused_pool_size(config, ray_cpus=4.0, cores=2) == 2        # a local Ray declaring 4 CPUs on 2 cores
+    assert fused_pool_size(config, ray_cpus=4.0) == 3                 # a cluster: its CPUs are cores
+    assert fused_pool_size(config, ray_cpus=64.0, cores=64) == 63
+    assert fused_pool_size(config, ray_cpus=0.5) == 1
+    assert fused_pool_size(CorpusConfig(inputs=[], output="x", fused_actors=5), ray_cpus=4.0, cores=2) == 5
 
 
 def test_training_scan_uses_the_index_and_falls_back_without_it(tmp_path, monkeypatch):
