@@ -1,7 +1,7 @@
 """Hours of real music through the corpus job on local Ray against the same stages run single-process per core.
 
     python -m benchmarks.corpus_scale [--work /tmp/corpus-scale] [--hours 0] [--min-hours 6] [--batch-size 8]
-                                      [--no-baseline] [--no-ray] [--no-docs] [--json PATH]
+                                      [--no-baseline] [--plans fused,staged] [--no-docs] [--json PATH]
 
 Music: Debian packages that no test uses: planetblupi-music-ogg, drascula-music (audio/ only: the language
 folders hold the same files), nexuiz-music and ufoai-music (Ogg files inside .pk3 zips, extracted), and
@@ -13,7 +13,8 @@ its share of the tracks (shares balanced by duration): the dedup pre-pass (decod
 Chromaprint), the front end (decode, segment, gates, loudness), then batches of --batch-size rows through log-mel,
 VaeStage, signal descriptors, TagStage, CaptionStage (transformers), mix, TextStage and a local ShardWriter.
 Its wall time runs from the first process's start to the last one's end, model loads and imports included.
-Ray: `prepare_corpus` on a fresh output on a local Ray (default resources), Ray start excluded.
+Ray: `prepare_corpus` on a fresh output on a local Ray (default resources), Ray start excluded, once per --plans
+entry: fused (the default on this CPU-only machine) and staged (an operator per stage, as on a GPU cluster).
 Efficiency = baseline wall / Ray wall. Machine CPU busy seconds (/proc/stat) of each phase show where a
 difference goes: more CPU-seconds is overhead (serialisation, repeated work), fewer busy cores is idling.
 The results replace the block between the corpus_scale markers in docs/benchmarks.md.
@@ -281,7 +282,7 @@ def baseline(sources: list[dict], durations: dict[str, float], kit: str, batch_s
 
 # ----------------------------------------------------------------------------- the job on local Ray
 
-def on_ray(folder: str, kit: str, batch_size: int, output: str) -> dict:
+def on_ray(folder: str, kit: str, batch_size: int, output: str, plan: str) -> dict:
     from pipelines.corpus.config import CorpusConfig
     from pipelines.corpus.pipeline import prepare_corpus
     from pipelines.raylocal import init_local_ray
@@ -291,7 +292,7 @@ def on_ray(folder: str, kit: str, batch_size: int, output: str) -> dict:
     import ray
 
     logical = int(ray.cluster_resources().get("CPU", 0))
-    config = CorpusConfig(inputs=[folder], output=output, kit=kit, batch_size=batch_size)
+    config = CorpusConfig(inputs=[folder], output=output, kit=kit, batch_size=batch_size, plan=plan)
     with ProcessSampler() as sampler, Phase() as phase:
         manifest = prepare_corpus(config, progress=lambda *_: None)
     processes = sampler.by_name()
@@ -313,28 +314,30 @@ def markdown(report: dict) -> str:
              f"load average {env['load_before']:.1f} before, {env['load_after']:.1f} after; {env['date']}.", "",
              f"Music: {hours['total']:.2f} h in {hours['files']} files (Debian packages no test uses): " +
              ", ".join(f"{k} {v['files']} files {v['hours']:.2f} h" for k, v in hours["packages"].items()) + ".", ""]
-    base, ray_run = report.get("baseline"), report.get("ray")
-    lines += ["| run | wall s | clips | clips / s | machine busy CPU-s | busy cores (of {}) |".format(env["cores"]),
-              "|---|---|---|---|---|---|"]
-    for name, r in (("same stages, one process per core", base), ("`prepare_corpus` on local Ray", ray_run)):
+    base, runs = report.get("baseline"), report.get("ray", {})
+    lines += ["| run | wall s | clips | clips / s | machine busy CPU-s | busy cores (of {}) | efficiency |".format(env["cores"]),
+              "|---|---|---|---|---|---|---|"]
+    named = [("same stages, one process per core", base)] + [(f"`prepare_corpus` on local Ray, plan {plan}", r)
+                                                            for plan, r in runs.items()]
+    for name, r in named:
         if r:
+            efficiency = f"**{base['wall'] / r['wall']:.0%}**" if base and r is not base else ""
             lines.append(f"| {name} | {r['wall']:.0f} | {r['clips']} | {r['clips'] / r['wall']:.2f} | {r['busy']:.0f} | "
-                         f"{r['busy'] / r['wall']:.2f} |")
-    if base and ray_run:
-        lines += ["", f"**Efficiency: {base['wall'] / ray_run['wall']:.0%}** (baseline wall / Ray wall); Ray used "
-                  f"{ray_run['busy'] / base['busy']:.2f}x the baseline's CPU-seconds."]
+                         f"{r['busy'] / r['wall']:.2f} | {efficiency} |")
+    if base and runs:
+        lines += ["", "Efficiency = baseline wall / Ray wall. CPU-seconds against the baseline's: " +
+                  ", ".join(f"plan {plan} {r['busy'] / base['busy']:.2f}x" for plan, r in runs.items()) + "."]
     if base:
         total = sum(base["stage_cpu"].values())
         lines += ["", "Baseline CPU-seconds by stage (all processes): " +
                   ", ".join(f"{k} {v:.0f} ({v / total:.0%})" for k, v in
                             sorted(base["stage_cpu"].items(), key=lambda kv: -kv[1])) + "."]
-    if ray_run:
-        lines += ["", f"Ray run: {ray_run['inputs']} inputs, {ray_run['clips']} clips, quarantined "
-                  f"{ray_run['quarantined'] or 'none'}; {ray_run['logical_cpus']} logical CPUs; Ray start "
-                  f"{ray_run['ray_start_s']:.1f} s not included; {ray_run['worker_processes']} Ray worker processes "
-                  f"were seen.", "",
-                  "Ray run CPU-seconds by process title (sampled every 0.5 s; a process that lived under 0.5 s is missed): " +
-                  ", ".join(f"{k} {v:.0f}" for k, v in ray_run["process_cpu"].items() if v >= 1) + "."]
+    for plan, r in runs.items():
+        lines += ["", f"Ray run, plan {plan}: {r['inputs']} inputs, {r['clips']} clips, quarantined "
+                  f"{r['quarantined'] or 'none'}; {r['logical_cpus']} logical CPUs; Ray start "
+                  f"{r['ray_start_s']:.1f} s not included; {r['worker_processes']} Ray worker processes were seen. "
+                  "CPU-seconds by process title (sampled every 0.5 s; a process that lived under 0.5 s is missed): " +
+                  ", ".join(f"{k} {v:.0f}" for k, v in r["process_cpu"].items() if v >= 1) + "."]
     return "\n".join(lines)
 
 
@@ -351,7 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--kit", default="tiny")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per batch, as prepare_corpus (default 8)")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--plans", default="fused,staged",
+                        help="the corpus job's plans to run, in this order (default: %(default)s; '' runs none)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the block in docs/benchmarks.md")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -380,9 +384,11 @@ def main(argv: list[str] | None = None) -> dict:
             gates = front_end_gates(CorpusConfig(inputs=[], output=""))
             report["baseline"] = baseline(sources, durations, args.kit, args.batch_size, tmp, gates, cores)
             print(f"baseline: {report['baseline']}", flush=True)
-        if not args.no_ray:
-            report["ray"] = on_ray(os.path.join(tmp, "music"), args.kit, args.batch_size, os.path.join(tmp, "ray"))
-            print(f"ray: {report['ray']}", flush=True)
+        report["ray"] = {}
+        for plan in filter(None, args.plans.split(",")):
+            report["ray"][plan] = on_ray(os.path.join(tmp, "music"), args.kit, args.batch_size,
+                                         os.path.join(tmp, f"ray-{plan}"), plan)
+            print(f"ray, plan {plan}: {report['ray'][plan]}", flush=True)
     report["machine"]["load_after"] = os.getloadavg()[0]
     text = markdown(report)
     print("\n" + text)
