@@ -10,8 +10,9 @@ planetblupi-music-midi rendered with fluidsynth + timgm6mb-soundfont to FLAC. As
 
 Baseline: one process per core (spawned, 1 torch thread each), each running every stage of the job in order on
 its share of the tracks (shares balanced by duration): the dedup pre-pass (decode, gates, content hash,
-Chromaprint), the front end (decode, segment, gates, loudness), then batches of --batch-size rows through log-mel,
-VaeStage, signal descriptors, TagStage, CaptionStage (transformers), mix, TextStage and a local ShardWriter.
+Chromaprint), the front end (decode, segment, gates, loudness), then batches of --batch-size rows through the
+job's own stage list (`pipeline.clip_steps`: log-mel, signal descriptors, VaeStage, TagStage, CaptionStage
+(transformers), mix, TextStage) and a local ShardWriter.
 Its wall time runs from the first process's start to the last one's end, model loads and imports included.
 Ray: `prepare_corpus` on a fresh output on a local Ray (default resources), Ray start excluded, once per --plans
 entry: fused (the default on this CPU-only machine) and staged (an operator per stage, as on a GPU cluster).
@@ -53,6 +54,8 @@ PACKAGES = {
 }
 SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 ZIPPED_AUDIO = (".ogg", ".mp3", ".wav", ".flac")
+STAGE_LABELS = {"mel": "log-mel", "descriptors": "descriptors", "vae": "VAE", "tags": "CLAP tags",
+                "captions": "captions", "mix": "mix", "text": "T5 + CLAP"}
 
 
 # ----------------------------------------------------------------------------- the music
@@ -206,12 +209,12 @@ def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict
 
     torch.set_num_threads(1)
     from benchmarks.corpus_stages import cpu_seconds
-    from pipelines.corpus.rows import rows_to_batch
-    from pipelines.corpus.captions import CaptionStage, mix_captions
+    from pipelines.corpus.config import CorpusConfig
     from pipelines.corpus.dedup import content_claim
-    from pipelines.corpus.encode import TextStage, VaeStage
-    from pipelines.corpus.frontend import _normalise_metadata, add_log_mel, process_track
-    from pipelines.corpus.tags import TagStage, add_signal_tags
+    from pipelines.corpus.frontend import _normalise_metadata, process_track
+    from pipelines.corpus.fused import ready_steps
+    from pipelines.corpus.pipeline import clip_steps
+    from pipelines.corpus.rows import rows_to_batch
     from pipelines.corpus.writer import CorpusWriter
 
     seconds: dict[str, float] = defaultdict(float)
@@ -229,9 +232,8 @@ def chain(share: list[dict], kit: str, batch_size: int, output: str, gates: dict
         return rows
 
     t0 = cpu_seconds()
-    stages = [("log-mel", add_log_mel), ("descriptors", add_signal_tags), ("VAE", VaeStage(kit)),   # the job's order
-              ("CLAP tags", TagStage(kit)), ("captions", CaptionStage(kit, backend="transformers")),
-              ("mix", mix_captions), ("T5 + CLAP", TextStage(kit)), ("writer", CorpusWriter(output, 0.02))]
+    steps = ready_steps(clip_steps(CorpusConfig(inputs=[], output=output, kit=kit)))    # the job's stages, in order
+    stages = [(STAGE_LABELS[name], stage) for name, stage in steps] + [("writer", CorpusWriter(output, 0.02))]
     seconds["imports + model loads"] += cpu_seconds() - t0
     clips = 0
 

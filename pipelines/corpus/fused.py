@@ -21,14 +21,20 @@ from pipelines.corpus.writer import route_to_writers
 Step = tuple[str, Callable, dict[str, Any]]     # (stage name, callable class or function, its kwargs)
 
 
+def ready_steps(steps: list[Step]) -> list[tuple[str, Callable]]:
+    """(stage, callable on a batch) for each step: a class constructed with its kwargs (the model loads here),
+    a function bound to its kwargs."""
+    return [(name, fn(**kwargs) if isinstance(fn, type) else functools.partial(fn, **kwargs))
+            for name, fn, kwargs in steps]
+
+
 class TrackWorker:
     """Tracks in (a batch of source rows), summary rows out (one per item), after each track's rows are with its
-    writer. A class step is constructed once here (a model load per actor), a function step is called as it is."""
+    writer. The steps are made ready once, in the actor (a model load per actor)."""
 
     def __init__(self, steps: list[Step], *, front_end_kwargs: dict[str, Any], writers: list, valid_fraction: float,
                  batch_size: int, group_rows: int):
-        self.steps = [fn(**kwargs) if isinstance(fn, type) else functools.partial(fn, **kwargs)
-                      for _, fn, kwargs in steps]
+        self.steps = [stage for _, stage in ready_steps(steps)]
         self.front_end_kwargs, self.writers, self.valid_fraction = front_end_kwargs, writers, valid_fraction
         self.batch_size, self.group_rows = batch_size, max(batch_size, group_rows)
 
