@@ -11,8 +11,12 @@ Parts, in the order they run (a global time guard skips what would pass --budget
   vae      real-size AudioLDM2 VAE encode (random weights from the spec §2 config) clips/s, fp32 (TF32) and bf16;
            needs diffusers, which the GPU machine lacks: carry its wheel (docs/benchmarks.md)
   t5       real-size T5 v1.1 XXL-shaped encoder (random weights, bf16) tokens/s at 256 tokens
+  kit      the corpus job's model stages through a kit's own loaders, tokenizers and encoder classes
+           (default the paper-shaped kit: the paper's configs and file layouts, random weights, built on the
+           machine in ~1 min, so no hub is needed): VAE encode, CLAP audio + text, T5 encode, clips or captions/s
   compile  the train part again with compile_blocks (torch.compile per block), last: compiling is the slow part
-Only torch and transformers (+ diffusers if present) are imported: the GPU machine has no ray.
+Only torch and transformers (+ diffusers if present) are imported: the GPU machine has no ray. The kit part
+also needs diffusers, sentencepiece and soxr (carried wheels, docs/benchmarks.md) and PyYAML.
 """
 from __future__ import annotations
 
@@ -70,13 +74,15 @@ class Plan:
     t5_batch: int
     t5_tokens: int
     reps: int
+    kit: str = "paper-shaped"              # the kit part's kit (a name or a kit YAML path)
+    kit_batch: int = 16                    # clips or captions per batch in the kit part
     estimates_s: dict[str, float] = field(default_factory=dict)   # first guess of one item's cost, per part
 
 
 FULL = Plan(device="cuda", train_batches={"base": 8, "large": 8, "small": 16}, txt_len=256, latent=(8, 256, 16),
             context_dim=4096, vec_dim=768, warmup=3, steps=8, compile_kwargs={}, vae_config=VAE_CONFIG, vae_batch=16,
             mel=(1024, 64), t5_config=T5_XXL, t5_batch=32, t5_tokens=256, reps=5,
-            estimates_s={"train": 25.0, "vae": 40.0, "t5": 60.0, "compile": 100.0})
+            estimates_s={"train": 25.0, "vae": 40.0, "t5": 60.0, "kit": 120.0, "compile": 100.0})
 
 DRY = Plan(device="cpu", train_batches={"tiny": 1}, txt_len=16, latent=(8, 16, 16), context_dim=32, vec_dim=16,
            warmup=1, steps=1, compile_kwargs={"backend": "eager"},   # dynamo only: inductor on CPU takes minutes
@@ -84,7 +90,8 @@ DRY = Plan(device="cpu", train_batches={"tiny": 1}, txt_len=16, latent=(8, 16, 1
            vae_batch=1, mel=(64, 64),
            t5_config=dict(T5_XXL, vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                           relative_attention_num_buckets=8),
-           t5_batch=2, t5_tokens=16, reps=1, estimates_s={"train": 1.0, "vae": 1.0, "t5": 1.0, "compile": 2.0})
+           t5_batch=2, t5_tokens=16, reps=1, kit="tiny", kit_batch=2,
+           estimates_s={"train": 1.0, "vae": 1.0, "t5": 1.0, "kit": 5.0, "compile": 2.0})
 
 
 class Budget:
@@ -320,6 +327,101 @@ def t5_part(plan: Plan, device: torch.device, peak_flops: float) -> dict:
     return result
 
 
+def demo_audio(batch: int, seconds: float = 10.24, rate: int = 16_000) -> "np.ndarray":
+    """[batch, seconds*rate] float32 music-like test audio: a different chord of decaying partials per clip."""
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    out = np.zeros((batch, t.size), np.float32)
+    for i in range(batch):
+        for f in 110.0 * 2 ** (rng.integers(0, 24, 3) / 12):
+            out[i] += (np.sin(2 * np.pi * f * t) * np.exp(-((t * 2) % 1) * 3)).astype(np.float32)
+        out[i] *= 0.3 / max(1e-6, np.abs(out[i]).max())
+    return out
+
+
+def demo_log_mel(audio: "np.ndarray") -> tuple[torch.Tensor, str]:
+    """[B, 163840] -> ([B, 1024, 64] log-mel, how). The corpus job's exact front end where its imports (soxr,
+    soundfile, librosa) exist; otherwise the same STFT with its 513 bins averaged into 64 bands (same shape and
+    range: a throughput input, not the spec's mel)."""
+    try:
+        from pipelines.corpus.audio import clips_to_log_mel
+
+        return torch.from_numpy(clips_to_log_mel(audio)), "pipelines.corpus.audio.clips_to_log_mel"
+    except ImportError as error:
+        x = torch.from_numpy(audio)
+        spec = torch.stft(x, 1024, 160, 1024, window=torch.hann_window(1024), center=True, pad_mode="reflect",
+                          return_complex=True).abs()[:, :512]                     # [B, 512, 1025]
+        bands = spec.reshape(len(x), 64, 8, -1).mean(dim=2)
+        return torch.log(bands.clamp_min(1e-5)).transpose(1, 2)[:, :1024].contiguous(), f"torch bands ({error.name} absent)"
+
+
+def kit_part(plan: Plan, device: torch.device, kit_name: str | None, notes: list[str]) -> dict:
+    """The corpus job's model stages, each through the kit's loader and the encoder class the job uses, on real
+    batches (mel of synthetic music, real caption text): VAE encode, CLAP audio, CLAP text, T5 encode."""
+    from pipelines.models.encoders import ClapEmbedder, TextEncoder, VaeEncoder, clap_text_pooled, t5_token_states
+    from pipelines.models.kits import load_kit
+    from pipelines.models.tiny_kit import _SENTENCES
+
+    start = time.perf_counter()
+    kit = load_kit(kit_name or plan.kit).check()         # builds a built:// kit here, once
+    result: dict = {"kit": kit.name, "models": kit.models(), "batch": plan.kit_batch,
+                    "check_and_build_s": round(time.perf_counter() - start, 1)}
+    batch, dev = plan.kit_batch, str(device)
+    audio = demo_audio(batch)
+    mel, result["mel"] = demo_log_mel(audio)
+    captions = [_SENTENCES[i % len(_SENTENCES)] + f", take {i}" for i in range(batch)]
+    warm = 1 if device.type == "cuda" else 0
+
+    def stage(name: str, build, call, unit: str) -> None:
+        try:
+            load = time.perf_counter()
+            runner = build()
+            load_s = time.perf_counter() - load
+            with torch.inference_mode():
+                seconds = time_calls(lambda: call(runner), device, warm, plan.reps)
+            result[name] = {"load_s": round(load_s, 1), "seconds_per_batch": round(seconds, 4),
+                            f"{unit}_per_s": round(batch / seconds, 2), "peak_memory_gib": peak_gib(device)}
+        except Exception as error:       # one broken stage must not cost the others their device time
+            traceback.print_exc()
+            result[name] = {"error": repr(error)[:500]}
+        print(f"kit {name}", json.dumps(result[name]), flush=True)
+        free_memory(device)
+
+    shapes: dict = {}
+
+    def vae(encoder):
+        mean, _ = encoder.encode(mel)
+        shapes["latent"] = list(mean.shape[1:])
+
+    stage("vae_encode", lambda: VaeEncoder(kit, device=dev, batch_size=batch), vae, "clips")
+    stage("clap_audio", lambda: ClapEmbedder(kit, device=dev, batch_size=batch),
+          lambda e: shapes.__setitem__("clap_audio", e.audio(audio).shape[1]), "clips")
+    text = {}
+
+    def text_encoder():
+        if "encoder" not in text:
+            text["encoder"] = TextEncoder(kit, device=dev, batch_size=batch)
+        return text["encoder"]
+
+    stage("clap_text", text_encoder,
+          lambda e: shapes.__setitem__("clap_text", clap_text_pooled(e.clap_text, e.clap_tokenizer, captions).shape[1]),
+          "captions")
+    stage("t5_encode", text_encoder,
+          lambda e: shapes.__setitem__("t5", list(t5_token_states(e.t5_model, e.t5_tokenizer, captions)[0].shape)),
+          "captions")
+    if "encoder" in text:
+        encoder = text.pop("encoder")
+        result["t5_dtype"] = str(encoder.t5_model.dtype).removeprefix("torch.")
+        result["t5_layers"] = int(encoder.t5_model.config.num_layers)
+        result["t5_vocab"] = len(encoder.t5_tokenizer)
+        del encoder
+    result["shapes"] = shapes
+    free_memory(device)
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 def markdown(report: dict) -> str:
@@ -347,7 +449,16 @@ def markdown(report: dict) -> str:
     if "tokens_per_s" in t5:
         lines.append(f"| t5 encoder | bf16 b{t5['batch']} x {t5['tokens']} tokens | {t5['tokens_per_s']} tokens/s | "
                      f"{t5['achieved_tflops']} | {t5['mfu']} | {t5['peak_memory_gib']} |")
-    for part in ("sdpa", "vae", "t5"):
+    kit = report.get("kit") or {}
+    for name, unit in (("vae_encode", "clips"), ("clap_audio", "clips"), ("clap_text", "captions"),
+                       ("t5_encode", "captions")):
+        r = kit.get(name) or {}
+        if f"{unit}_per_s" in r:
+            lines.append(f"| kit {kit['kit']} | {name} b{kit['batch']} | {r[f'{unit}_per_s']} {unit}/s | | | "
+                         f"{r['peak_memory_gib']} |")
+        elif "error" in r:
+            lines.append(f"| kit {kit['kit']} | {name} | error: {r['error'][:100]} | | | |")
+    for part in ("sdpa", "vae", "t5", "kit"):
         value = report.get(part) or {}
         for key in ("skipped", "error"):
             if key in value:
@@ -377,8 +488,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU: checks the script, not the GPU")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json when $OUT is set)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="time guard: skip parts past this")
-    parser.add_argument("--parts", nargs="+", default=["sdpa", "train", "vae", "t5", "compile"],
-                        choices=["sdpa", "train", "vae", "t5", "compile"])
+    parser.add_argument("--parts", nargs="+", default=["sdpa", "train", "vae", "t5", "kit", "compile"],
+                        choices=["sdpa", "train", "vae", "t5", "kit", "compile"])
+    parser.add_argument("--kit", default=None,
+                        help="kit of the kit part (default: paper-shaped; tiny with --dry-run)")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_BF16_FLOPS / 1e12)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (dry run default 1)")
     args = parser.parse_args(argv)
@@ -396,7 +509,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = output_path(args.out)
     notes: list[str] = []
     report: dict = {"meta": environment(device, peak_flops, args.dry_run), "plan": asdict(plan),
-                    "sdpa": None, "train": [], "vae": None, "t5": None, "compile": [], "notes": notes}
+                    "sdpa": None, "train": [], "vae": None, "t5": None, "kit": None, "compile": [],
+                    "notes": notes}
 
     def save() -> None:       # after every part: a run cut short still leaves what it measured
         report["elapsed_s"] = round(budget.elapsed(), 1)
@@ -409,6 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("train", lambda: train_part(plan, device, budget, False, peak_flops, notes)),
         ("vae", lambda: vae_part(plan, device, budget, notes)),
         ("t5", lambda: t5_part(plan, device, peak_flops)),
+        ("kit", lambda: kit_part(plan, device, args.kit, notes)),
         ("compile", lambda: train_part(plan, device, budget, True, peak_flops, notes)),
     ]
     print(json.dumps(report["meta"]), flush=True)
@@ -416,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name not in args.parts:
             report[name] = {"skipped": "not in --parts"} if report[name] is None else report[name]
             continue
-        if name in ("vae", "t5") and not budget.fits(name, plan.estimates_s[name]):
+        if name in ("vae", "t5", "kit") and not budget.fits(name, plan.estimates_s[name]):
             report[name] = {"skipped": f"would pass the {budget.limit_s:.0f} s budget (at {budget.elapsed():.0f} s)"}
             continue
         start = time.perf_counter()
@@ -426,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
             traceback.print_exc()
             report[name] = {"error": repr(error)[:500]}
             free_memory(device)
-        if name in ("vae", "t5"):      # train and compile record each item themselves
+        if name in ("vae", "t5", "kit"):      # train and compile record each item themselves
             budget.record(name, time.perf_counter() - start)
         print(f"-- {name} done at {budget.elapsed():.1f} s", flush=True)
         save()

@@ -8,7 +8,6 @@ pipelines/corpus/encode.py).
 from __future__ import annotations
 
 import numpy as np
-import soxr
 import torch
 
 from pipelines.models.kits import Kit, default_device, load_kit
@@ -81,6 +80,8 @@ def _features(output) -> torch.Tensor:
 
 def resample_for_clap(audio16k: np.ndarray, rate: int, max_samples: int) -> list[np.ndarray]:
     """[B,N] at 16 kHz -> list of mono float32 at `rate`, cut to the first max_samples (deterministic crop)."""
+    import soxr  # here, not at the top: benchmarks/gpu_check.py imports this module where soxr may be absent
+
     audio = np.atleast_2d(np.asarray(audio16k, dtype=np.float32))
     out = []
     for row in audio:

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py --dry-run: every part runs at tiny sizes on CPU and lands in the JSON."""
+"""benchmarks/gpu_check.py --dry-run: every part runs at tiny sizes on CPU (the kit part on the tiny kit) and lands
+in the JSON."""
 from __future__ import annotations
 
 import json
@@ -32,6 +33,13 @@ def test_dry_run_writes_every_section(tmp_path):
     assert report["vae"]["float32"]["clips_per_s"] > 0 and report["vae"]["bfloat16"]["clips_per_s"] > 0
     assert report["t5"]["tokens_per_s"] > 0
     assert "| train |" in run.stdout and "| t5 encoder |" in run.stdout
+    # the kit part: the corpus job's encoder classes through the kit's loaders (tiny in a dry run)
+    kit = report["kit"]
+    assert kit["kit"] == "tiny" and kit["shapes"]["latent"] == [8, 256, 16] and kit["t5_vocab"] > 0
+    for name, unit in (("vae_encode", "clips"), ("clap_audio", "clips"), ("clap_text", "captions"),
+                       ("t5_encode", "captions")):
+        assert kit[name][f"{unit}_per_s"] > 0, kit[name]
+    assert "| kit tiny | t5_encode b2 |" in run.stdout
 
 
 def test_vae_config_is_the_corpus_benchmarks_and_t5_flops_match_the_spec():
