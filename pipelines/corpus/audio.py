@@ -186,7 +186,9 @@ def normalise(clip: np.ndarray, length: int | None = None) -> np.ndarray:
 
 @functools.cache
 def _mel_basis() -> torch.Tensor:
-    import librosa  # librosa defaults: Slaney mel scale, Slaney area normalisation (spec §1)
+    from pipelines.numba_cache import librosa_module
+
+    librosa = librosa_module()  # librosa defaults: Slaney mel scale, Slaney area normalisation (spec §1)
     basis = librosa.filters.mel(sr=C.SAMPLE_RATE, n_fft=C.N_FFT, n_mels=C.N_MELS, fmin=C.F_MIN, fmax=C.F_MAX)
     return torch.from_numpy(basis.astype(np.float32))
 
