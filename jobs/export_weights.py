@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.training.weights import export_release
+    from pipelines.runs.weights import export_release
 
     args = parse_args(argv)
     config = export_release(args.checkpoint, args.output)

@@ -48,7 +48,7 @@ def generate_clips(checkpoint: str, kit: str, ids: list[str], captions: list[str
     output/generated/<id>.wav. -> (audio [B, 163840] in prompt order, seeds, parameter count)."""
     from model import count_parameters
     from pipelines.evaluation.generate import save_wav
-    from pipelines.training.weights import model_from_checkpoint
+    from pipelines.runs.weights import model_from_checkpoint
 
     batches = generation_batches(ids, captions, batch_size, seed)
     worker_args = dict(kit=kit, checkpoint=checkpoint, weights=weights, steps=steps, cfg=cfg)

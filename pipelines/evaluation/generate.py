@@ -54,7 +54,7 @@ class Generator:
                  device: str | None = None):
         from pipelines.models.encoders import MelDecoder, TextEncoder, Vocoder
         from pipelines.models.kits import default_device
-        from pipelines.training.weights import model_from_checkpoint
+        from pipelines.runs.weights import model_from_checkpoint
 
         self.device = device or default_device()
         if isinstance(checkpoint_or_model, nn.Module):

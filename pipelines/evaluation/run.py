@@ -58,7 +58,7 @@ def prompt_set_of(config: EvalConfig) -> PromptSet:
 
 def kit_of(config: EvalConfig) -> str:
     if not config.kit and config.checkpoint:
-        from pipelines.training.weights import load_checkpoint_state
+        from pipelines.runs.weights import load_checkpoint_state
 
         return load_checkpoint_state(config.checkpoint)["model_config"].get("kit", "") or "tiny"
     return config.kit or "tiny"

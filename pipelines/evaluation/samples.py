@@ -29,7 +29,7 @@ def read_prompt_lines(uri: str) -> list[str]:
 def write_samples(config: SampleConfig) -> list[str]:
     """Generate one 10.24 s clip per prompt; -> the WAV URIs (NNN.wav, with NNN.png beside each)."""
     from pipelines.evaluation.generate import Generator, save_mel_png, save_wav
-    from pipelines.training.weights import load_checkpoint_state
+    from pipelines.runs.weights import load_checkpoint_state
 
     if not config.prompts:
         raise ValueError("no prompts to sample")

@@ -8,30 +8,25 @@ into storage/run/checkpoint_step_NNNNNNNN/) holds:
 - state.pt (rank 0): step, data position (epoch, consumed), LR schedule, loss history, configs; no weights.
 - rng_rankR.pt (rank R): that rank's RNG states. Resume at the same world size restores them exactly; at another
   world size the new ranks get fresh generators derived from (seed, rank, step): deterministic, not exact.
-Everything loads with weights_only=True. `load_state` reads a whole checkpoint into full (unsharded) state dicts
-in one process, for tools and tests; `load_weights` reads only one set of weights (sampling, release).
+state.pt and the rng files load with weights_only=True, but DCP reads dcp/.metadata with pickle: resume only
+from checkpoints you trust (untrusted weights: releases only). The read side without a process group (layout,
+`load_state`, `load_weights`, `list_checkpoints`) is pipelines/runs/checkpoints.py, shared with evaluation.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import tempfile
 from dataclasses import asdict
-from typing import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipelines import storage
+from pipelines.runs.checkpoints import SHARDS_DIR, STATE_FILE
 from pipelines.training.ema import ema_state_dict
 from pipelines.training.parallel import local
 from pipelines.training.state import TrainState
 
-CHECKPOINT_PREFIX = "checkpoint_step_"
-STATE_FILE = "state.pt"
-SHARDS_DIR = "dcp"
 FORMAT = 2                       # 1: one full state.pt with weights (read for old checkpoints); 2: DCP shards
 
 
@@ -72,44 +67,8 @@ def reseed(generator: torch.Generator, seed: int) -> None:
     random.seed(seed)
 
 
-def checkpoint_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
 def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
-
-
-def list_checkpoints(storage_uri: str, run_name: str) -> list[str]:
-    """This run's checkpoint folders (URIs), oldest first."""
-    run_dir = storage.join(storage_uri, run_name)
-    folders = {f.rsplit("/", 2)[-2] for f in storage.list_files(run_dir, STATE_FILE)}
-    return [storage.join(run_dir, name) for name in sorted(folders) if name.startswith(CHECKPOINT_PREFIX)]
-
-
-@contextlib.contextmanager
-def local_folder(uri: str) -> Iterator[str]:
-    """A local path with the checkpoint folder's files: the folder itself, or an s3:// folder downloaded."""
-    if not storage.is_s3(uri):
-        yield uri
-        return
-    with tempfile.TemporaryDirectory(prefix="fluxmusic-ckpt-") as folder:
-        for relative in all_files(uri):
-            path = os.path.join(folder, relative)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(storage.read_bytes(storage.join(uri, relative)))
-        yield folder
-
-
-def all_files(uri: str) -> list[str]:
-    """Every file below uri as a relative path, hidden ones included: DCP names its files `.metadata` and
-    `__R_0.distcp`, which storage.list_files skips (it hides "." and "_" names, like Parquet readers do)."""
-    import pyarrow.fs as pafs
-
-    fs, root = storage.filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return sorted(i.path[len(root):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
 
 
 def sharded_state(state: TrainState) -> dict:
@@ -194,32 +153,3 @@ def restore_checkpoint(state: TrainState, folder: str) -> None:
         set_rng_state(torch.load(rng, weights_only=True), state.generator)     # exact resume
     else:
         reseed(state.generator, derived_seed(state.cfg.seed, state.rank, state.step))
-
-
-def load_state(path: str) -> dict:
-    """A whole checkpoint (folder or its state.pt; local or s3://) in one process, with full state dicts
-    `model`, `ema`, `optimizer` beside the state.pt fields. Safe: tensors and plain types only."""
-    folder = path.rsplit("/", 1)[0] if path.endswith(".pt") else path
-    with local_folder(folder) as local_path:
-        saved = torch.load(os.path.join(local_path, STATE_FILE), map_location="cpu", weights_only=True)
-        if int(saved.get("format", 1)) >= 2:
-            from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-            with tempfile.TemporaryDirectory() as scratch:
-                dcp_to_torch_save(os.path.join(local_path, SHARDS_DIR), os.path.join(scratch, "full.pt"))
-                saved.update(torch.load(os.path.join(scratch, "full.pt"), map_location="cpu", weights_only=True))
-    return saved
-
-
-def load_weights(folder: str, weights: str, model: nn.Module) -> nn.Module:
-    """Fill `model` (CPU, allocated) with one set of a format-2 checkpoint's weights ("ema" | "model") read
-    straight from the DCP shards: one copy in memory, no process group."""
-    import torch.distributed.checkpoint as dcp
-
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be ema or model, got {weights!r}")
-    target = {weights: model.state_dict()}
-    with local_folder(folder) as local_path:
-        dcp.load(target, checkpoint_id=os.path.join(local_path, SHARDS_DIR))
-    model.load_state_dict(target[weights])
-    return model

@@ -5,8 +5,8 @@ import tempfile
 
 from model import model_flops_per_sample
 from pipelines import storage
+from pipelines.runs.checkpoints import checkpoint_name
 from pipelines.training.checkpoint import (
-    checkpoint_name,
     restore_checkpoint,
     save_checkpoint,
 )

@@ -80,8 +80,8 @@ def run_training(config: TrainConfig, *, resume: bool = False):
 def write_run_release(run_dir: str, max_steps: int) -> str | None:
     """run_dir/release from the final checkpoint (on the driver, after the workers are gone: it reads one set
     of weights at a time from the DCP shards, never a gathered optimiser); None if the run did not finish."""
-    from pipelines.training.checkpoint import checkpoint_name
-    from pipelines.training.weights import export_release
+    from pipelines.runs.checkpoints import checkpoint_name
+    from pipelines.runs.weights import export_release
 
     final = storage.join(run_dir, checkpoint_name(max_steps))
     if not storage.exists(storage.join(final, "state.pt")):

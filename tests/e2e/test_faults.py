@@ -21,7 +21,7 @@ import pytest
 from pipelines import storage
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.pipeline import prepare_corpus
-from pipelines.training.checkpoint import list_checkpoints, load_state
+from pipelines.runs.checkpoints import list_checkpoints, load_state
 from pipelines.training.config import TrainConfig
 from pipelines.training.run import run_training
 from schemas import CORPUS, QUARANTINE, validate

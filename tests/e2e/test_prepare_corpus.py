@@ -116,7 +116,7 @@ def test_corpus_rows_are_complete(corpus_run):
 
 def test_two_workers_train_and_evaluate_on_the_prepared_corpus(corpus_run, tmp_path):
     """DDP training straight from what prepare_corpus wrote, with the evaluation hook on the valid split."""
-    from pipelines.training.checkpoint import list_checkpoints
+    from pipelines.runs.checkpoints import list_checkpoints
     from pipelines.training.config import TrainConfig
     from pipelines.training.run import run_training
 

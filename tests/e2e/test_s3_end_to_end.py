@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from pipelines import storage
-from pipelines.training.checkpoint import (
+from pipelines.runs.checkpoints import (
     STATE_FILE,
     all_files,
     list_checkpoints,
     load_state,
 )
-from pipelines.training.release import read_release_config, read_release_weights
+from pipelines.runs.release import read_release_config, read_release_weights
 from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_tone_track
 from tests.s3server import SECRET_KEY

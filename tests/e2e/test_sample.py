@@ -67,7 +67,7 @@ def test_encoder_subsets_use_null_embeddings(checkpoint):
 def test_a_run_folder_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
     import shutil
 
-    from pipelines.training.weights import load_checkpoint_state
+    from pipelines.runs.weights import load_checkpoint_state
 
     run = tmp_path / "run"
     for step in (1, 12, 3):
@@ -76,7 +76,7 @@ def test_a_run_folder_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
     state["model_config"]["marker"] = 12
     torch.save(state, run / "checkpoint_step_00000012" / "state.pt")
     assert load_checkpoint_state(str(run))["model_config"]["marker"] == 12
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint_state(str(tmp_path / "empty"))
 
 
@@ -88,7 +88,7 @@ def test_release_folder_samples_like_its_checkpoint(checkpoint, tmp_path):
     from jobs.export_weights import main as export
     from jobs.sample import main as sample_main
     from pipelines.evaluation.generate import Generator
-    from pipelines.training.weights import load_checkpoint_state, model_from_checkpoint
+    from pipelines.runs.weights import load_checkpoint_state, model_from_checkpoint
 
     release = tmp_path / "release"
     assert export(["--checkpoint", checkpoint, "--output", str(release)]) == 0

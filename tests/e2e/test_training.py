@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines import storage
-from pipelines.training.checkpoint import list_checkpoints, load_state
+from pipelines.runs.checkpoints import list_checkpoints, load_state
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import (
     assign_files,
@@ -130,7 +130,7 @@ def test_resume_at_another_world_size_and_strategy_with_release(ray_local, corpu
     """2-worker FSDP shards (one saved asynchronously) resume on 1 DDP worker (DCP re-shards; fresh derived RNG); val_loss of every step
     reaches Ray/TensorBoard though --log-every is larger; the run ends with a release equal to its EMA.
     Its workers request the cluster's training-node tag, as on ray_cluster.yaml (the session Ray has 2)."""
-    from pipelines.training.release import read_release_config, read_release_weights
+    from pipelines.runs.release import read_release_config, read_release_weights
 
     runs = str(tmp_path / "runs")
     base = TrainConfig(size="tiny", data=corpus, storage=runs, run_name="reshard", global_batch_size=8,

@@ -28,17 +28,16 @@ def _state(seed: int):
 
 
 def test_dcp_checkpoint_round_trip_and_s3_release(s3_server, tmp_path):
-    from pipelines.training.checkpoint import (
-        STATE_FILE,
-        load_state,
-        restore_checkpoint,
-        save_checkpoint,
-    )
-    from pipelines.training.release import read_release_weights
-    from pipelines.training.weights import (
+    from pipelines.runs.checkpoints import STATE_FILE, load_state
+    from pipelines.runs.release import read_release_weights
+    from pipelines.runs.weights import (
         export_release,
         load_checkpoint_state,
         model_from_checkpoint,
+    )
+    from pipelines.training.checkpoint import (
+        restore_checkpoint,
+        save_checkpoint,
     )
 
     a = _state(1)

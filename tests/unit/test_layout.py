@@ -60,6 +60,54 @@ def test_no_import_cycles():
     assert not cycles, " ; ".join(" -> ".join(c) for c in cycles[:5])
 
 
+def package_of(module: str) -> str:
+    """pipelines.training.loop -> pipelines.training; model.flux -> model; pipelines.storage -> itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "pipelines" and len(parts) > 1 else parts[0]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Which package imports which (lazy imports included), from the module graph."""
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        out.setdefault(package_of(module), set()).update(package_of(t) for t in targets)
+    return {p: t - {p} for p, t in out.items()}
+
+
+def package_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """One line per package that reaches itself, with the module imports that close the loop."""
+    packages = package_graph(graph)
+    found = []
+    for start in sorted(packages):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            if start in packages.get(node, ()):
+                hops = path + [start]
+                why = [next(f"{m} -> {t}" for m, ts in graph.items() for t in ts
+                            if package_of(m) == a and package_of(t) == b) for a, b in zip(hops, hops[1:])]
+                found.append(" -> ".join(hops) + f" ({'; '.join(why)})")
+                break
+            for target in packages.get(node, ()):
+                if target not in seen:
+                    seen.add(target)
+                    stack.append((target, path + [target]))
+    return found
+
+
+def test_no_package_cycles():
+    """Subpackages (pipelines.corpus, .training, .evaluation, .models, .runs, ...) import each other one way."""
+    cycles = package_cycles(GRAPH)
+    assert not cycles, " ; ".join(cycles[:5])
+
+
+def test_package_cycle_finder_finds_a_cycle():
+    graph = {"pipelines.a.x": {"pipelines.b.y"}, "pipelines.b.y": set(), "pipelines.b.z": {"pipelines.a.w"},
+             "pipelines.a.w": set()}
+    assert package_cycles(graph)[0].startswith("pipelines.a -> pipelines.b -> pipelines.a")
+    assert not package_cycles({"pipelines.a.x": {"pipelines.b.y"}, "pipelines.b.y": {"schemas"}})
+
+
 def test_cycle_finder_finds_a_cycle():
     GRAPH["x.a"], GRAPH["x.b"] = {"x.b"}, {"x.a"}
     try:
@@ -75,14 +123,17 @@ def _outside(module: str, allowed: tuple[str, ...]) -> set[str]:
 @pytest.mark.parametrize("prefix, allowed", [
     ("schemas", ("schemas",)),                        # the contract imports nothing of ours
     ("model", ("model", "schemas")),                  # plain torch
-    ("pipelines.models", ("pipelines.models", "pipelines.storage", "schemas")),
-    ("pipelines.storage", ("schemas",)),
-    ("pipelines.raylocal", ("schemas",)),
+    ("pipelines.errors", ("pipelines.errors",)),       # every package raises UserError: it imports nothing
+    ("pipelines.models", ("pipelines.models", "pipelines.storage", "pipelines.errors", "schemas")),
+    ("pipelines.storage", ("pipelines.errors", "schemas")),
+    ("pipelines.raylocal", ("pipelines.errors", "schemas")),
     ("pipelines.corpus", ("pipelines.corpus", "pipelines.models", "pipelines.storage", "pipelines.raylocal",
-                          "model", "schemas")),
+                          "pipelines.errors", "model", "schemas")),
+    # what a run leaves, read by training and evaluation alike: neither of them
+    ("pipelines.runs", ("pipelines.runs", "pipelines.storage", "pipelines.errors", "model", "schemas")),
     # evaluation reads what corpus and training write: decode and tags, the weights of any checkpoint or release
     ("pipelines.evaluation", ("pipelines.evaluation", "pipelines.corpus.audio", "pipelines.corpus.tags",
-                              "pipelines.training.weights", "pipelines.models", "pipelines.storage",
+                              "pipelines.runs", "pipelines.models", "pipelines.storage", "pipelines.errors",
                               "pipelines.raylocal", "model", "schemas")),
 ])
 def test_imports_point_one_way(prefix, allowed):

@@ -5,7 +5,8 @@
     RELEASE/config.json         size, context_in_dim, vec_in_dim, vae_scaling_factor, kit (+ step, source)
 
 Written at the end of a run (run_dir/release, by the driver from the last checkpoint) and on request
-(jobs/export_weights.py). Safetensors hold tensors only, so a release loads without unpickling anything.
+(jobs/export_weights.py). Safetensors hold tensors only, so a release loads without unpickling anything: the
+one form in which to take weights from someone you do not trust (checkpoints unpickle DCP's metadata).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 from torch import Tensor, nn
 
 from pipelines import storage
+from pipelines.errors import UserPathError, UserValueError
 
 CONFIG_FILE = "config.json"
 RELEASE_FORMAT = "fluxmusic-release-1"
@@ -23,6 +25,15 @@ MODEL_KEYS = ("size", "context_in_dim", "vec_in_dim", "vae_scaling_factor", "kit
 
 def weights_file(weights: str) -> str:
     return f"{weights}.safetensors"
+
+
+def weights_of_file(name: str) -> str:
+    """"ema.safetensors" -> "ema": which weights a release's file holds."""
+    weights = name.removesuffix(".safetensors")
+    if weights not in WEIGHTS:
+        raise UserValueError(f"{name}: a release's weights file is one of "
+                             f"{', '.join(weights_file(w) for w in WEIGHTS)}")
+    return weights
 
 
 def is_release(uri: str) -> bool:
@@ -42,8 +53,12 @@ def read_release_weights(uri: str, weights: str = "ema") -> dict[str, Tensor]:
     from safetensors.torch import load
 
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    return load(storage.read_bytes(storage.join(uri, weights_file(weights))))
+        raise UserValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    uri = storage.join(uri, weights_file(weights))
+    if not storage.exists(uri):
+        raise UserPathError(f"release {uri} does not exist (an incomplete release?); export it again with "
+                            f"jobs/export_weights.py")
+    return load(storage.read_bytes(uri))
 
 
 def write_release(output: str, model_config: dict, weights: dict[str, dict[str, Tensor]], step: int | None,
@@ -66,5 +81,10 @@ def model_from_release(uri: str, weights: str = "ema") -> tuple[nn.Module, dict]
     info = read_release_config(uri)
     model = build_model(info["size"], context_in_dim=int(info["context_in_dim"]),
                         vec_in_dim=int(info["vec_in_dim"]), device="meta")
-    model.load_state_dict(read_release_weights(uri, weights), assign=True)
+    try:
+        model.load_state_dict(read_release_weights(uri, weights), assign=True)
+    except RuntimeError as error:           # missing, unexpected or wrongly shaped tensors
+        raise UserValueError(f"release {uri}: its {weights_file(weights)} does not fit the FluxMusic "
+                             f"{info['size']} its {CONFIG_FILE} names ({str(error).splitlines()[0]}); "
+                             f"export the release again from its run") from error
     return model.float().eval(), info
