@@ -28,9 +28,11 @@ CORPUS_ENTRY_COLUMNS = ["clip_id", "track_id", "track_clip_count", "content_hash
 QUARANTINE_ENTRY_COLUMNS = ["item_id", "track_id", "track_clip_count", "reason"]
 
 
-def shard_name(item_ids) -> str:
-    """`<24 hex>.parquet` from the sorted item ids: the same items always land on the same name."""
-    return hashlib.sha256("\n".join(sorted(item_ids)).encode()).hexdigest()[:24] + ".parquet"
+def shard_name(item_ids, writer: str = "") -> str:
+    """`[<writer>-]<24 hex>.parquet` from the writer's name and the sorted item ids: the same items from the same
+    writer always land on the same name."""
+    digest = hashlib.sha256("\n".join(sorted(item_ids)).encode()).hexdigest()[:24]
+    return f"{writer}-{digest}.parquet" if writer else f"{digest}.parquet"
 
 
 def index_name(shard: str) -> str:
@@ -95,12 +97,14 @@ class OutputIndex:
     read: set[str] = field(default_factory=set)
     healed: int = 0                       # shards read in full because no trusted entry described them
     columns: list[str] | None = None      # read only these entry columns (training needs no item ids)
+    writer: str = ""                      # only the shards of this writer (`<writer>-<hex>.parquet`); "": all
 
     @classmethod
-    def load(cls, output: str, heal: bool = True, columns: list[str] | None = None) -> "OutputIndex":
+    def load(cls, output: str, heal: bool = True, columns: list[str] | None = None, writer: str = "") -> "OutputIndex":
         import os
 
-        index = cls(output if storage.is_s3(output) else os.path.abspath(output), columns=columns)   # URIs as listings give them
+        index = cls(output if storage.is_s3(output) else os.path.abspath(output), columns=columns,   # URIs as listings give them
+                    writer=writer)
         empty = SHARD_INDEX.empty_table()
         index.entries = empty.select(columns) if columns else empty
         index.refresh(heal=heal)
@@ -111,13 +115,20 @@ class OutputIndex:
         sizes = {}
         for folder in (CORPUS_DIR, QUARANTINE_DIR):      # shards lie directly in their folder
             for uri, size in storage.list_sizes(storage.join(self.output, folder), ".parquet").items():
-                sizes[f"{folder}/{uri.rsplit('/', 1)[-1]}"] = size
+                if self._mine(uri.rsplit("/", 1)[-1]):
+                    sizes[f"{folder}/{uri.rsplit('/', 1)[-1]}"] = size
         return sizes
+
+    def _mine(self, name: str, indexed: bool = False) -> bool:
+        """Whether a shard's file name (indexed: an index file's, `<table>-<shard name>`) is this index's writer's."""
+        name = name.split("-", 1)[-1] if indexed else name
+        return not self.writer or name.startswith(self.writer + "-")
 
     def refresh(self, heal: bool = True) -> None:
         """Read the index files not read yet, drop entries whose shard is gone or changed, and (heal) write an
         entry for every shard that has none."""
-        new = sorted(set(storage.list_files(storage.join(self.output, INDEX_DIR), ".parquet")) - self.read)
+        new = sorted(u for u in set(storage.list_files(storage.join(self.output, INDEX_DIR), ".parquet")) - self.read
+                     if self._mine(u.rsplit("/", 1)[-1], indexed=True))
         tables = [self.entries] + _read_many(new, lambda uri: storage.read_parquet(uri, columns=self.columns))
         self.read |= set(new)
         entries = pa.concat_tables(tables) if len(tables) > 1 else self.entries
@@ -155,6 +166,13 @@ class OutputIndex:
 
     def table(self, kind: str) -> pa.Table:
         return self.entries.filter(pc.equal(self.entries["table"], kind))
+
+
+def committed_items(output: str, writer: str) -> set[str]:
+    """The item ids of every committed shard of one writer (a restarted writer takes them up), from their index
+    entries; a shard of it with no trusted entry (a crash between the two writes) is read and indexed now."""
+    flat = track_items(OutputIndex.load(output, writer=writer).entries)
+    return set(pc.list_flatten(flat["item_ids"]).to_pylist()) if flat.num_rows else set()
 
 
 def _last_per_shard(entries: pa.Table) -> pa.Table:

@@ -4,12 +4,16 @@ A pool of `ShardWriter` actors (the driver starts them) each buffers rows in its
 quarantine) and commits one when it reaches its target rows or bytes, when the driver asks it to flush after the
 dataset is consumed, and when it is asked to stop. A commit writes the shard under a temp name + rename (one PUT
 on S3), then its index entry. A crash loses at most the open shards: their items are in no committed shard, so a
-re-run recomputes them. The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands each
+re-run recomputes them. Exactly once: each writer has a name for the run (`<run start>-w<k>`, the prefix of its
+shards' names) and stores an item id at most once; a writer Ray restarts (its `add` retried, or rows handed over
+again by a retried track) first takes up the item ids of the shards committed under its name (their index entries). The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands each
 track's rows to that track's writer; it returns one summary row per item for the driver's count of this run.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +26,10 @@ from pipelines.corpus.config import (
     SHARD_BYTES,
     SHARD_ROWS,
     CorpusConfig,
+    StageResources,
 )
-from pipelines.corpus.index import entry_of, shard_name, write_entry
+from pipelines.corpus.failures import is_failure
+from pipelines.corpus.index import committed_items, entry_of, shard_name, write_entry
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, conform
 from schemas.manifest import CORPUS_DIR, NULL_TEXT_DIR, NULL_TEXT_FILE, QUARANTINE_DIR
 
@@ -61,9 +67,15 @@ def batch_tables(batch: dict[str, np.ndarray], valid_fraction: float) -> tuple[p
 
 
 def summary(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One row per item for the driver's count of this run."""
+    """One row per item for the driver's count of this run and its failure watch (pipelines/corpus/failures.py):
+    the reject reason and stage, and the detail only where the failure is ours (a few per run, kept short)."""
+    reasons = np.array(["" if r is None else str(r) for r in batch["reject_reason"]], object)
+    ours = [is_failure(r) for r in reasons]
     return {"item_id": np.asarray(batch["clip_id"]), "track_id": np.asarray(batch["track_id"]),
-            "ok": np.array([r == "" for r in batch["reject_reason"]], bool)}
+            "ok": reasons == "", "reject_reason": reasons,
+            "reject_stage": np.array([str(s or "") for s in batch["reject_stage"]], object),
+            "reject_detail": np.array([str(d or "")[:500] if o else "" for d, o in zip(batch["reject_detail"], ours)],
+                                      object)}
 
 
 def mixed_order(ids: list[str]) -> list[int]:
@@ -76,15 +88,21 @@ class ShardWriter:
     """Fills shards of one writer: open (table, split) buffers, committed at their target, on flush or stop."""
 
     def __init__(self, output: str, *, shard_rows: int, shard_bytes: int, row_group_rows: int,
-                 quarantine_shard_rows: int):
-        self.output, self.row_group_rows = output, row_group_rows
+                 quarantine_shard_rows: int, name: str = "", die_after_commit: str = ""):
+        """name: this writer's name for the run (its shards are `<name>-<hex>.parquet`); a writer started with a
+        name that already committed shards (a restart) takes up their item ids. "": one process, no take-up
+        (benchmarks, unit tests). die_after_commit: a test hook, a marker file: the first commit that finds it
+        missing creates it and SIGKILLs this process before `add` returns (tests/stage/test_writer_restart.py)."""
+        self.output, self.row_group_rows, self.name = output, row_group_rows, name
+        self.die_after_commit = die_after_commit
         self.targets = {CORPUS_DIR: (shard_rows, shard_bytes), QUARANTINE_DIR: (quarantine_shard_rows, 2**62)}
         self.open: dict[tuple[str, str], list[pa.Table]] = {}
         self.committed: list[str] = []
         # Every item id this writer took: a retried task (a track's worker died after handing over part of its
         # rows) hands the same rows again, and they must not be stored twice. ~100 B an id: 7.7 M clips over 16
-        # writers is ~50 MB each. A restarted writer starts empty, as its open shards do.
-        self.taken: set[str] = set()
+        # writers is ~50 MB each. A restarted writer takes up the ids of the shards it committed (so a retried
+        # `add` does not store them again); the ids that were only in its lost open shards are free again.
+        self.taken: set[str] = committed_items(output, name) if name else set()
 
     def add(self, corpus: pa.Table, quarantine: pa.Table) -> list[str]:
         """Buffer the rows; commit every open shard that reached its target (a shard holds at most its row
@@ -124,10 +142,13 @@ class ShardWriter:
         table = pa.concat_tables(self.open.pop(key))
         ids = table["clip_id" if kind == CORPUS_DIR else "item_id"].to_pylist()
         table = table.take(pa.array(mixed_order(ids), pa.int64()))
-        shard = f"{kind}/{shard_name(ids)}"
+        shard = f"{kind}/{shard_name(ids, self.name)}"
         nbytes = storage.write_parquet_atomic(table, storage.join(self.output, shard), self.row_group_rows)
         write_entry(self.output, entry_of(table, kind, shard, nbytes))    # after the shard: an entry vouches for it
         self.committed.append(shard)
+        if self.die_after_commit and not os.path.exists(self.die_after_commit):
+            open(self.die_after_commit, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
         return shard
 
 
@@ -152,16 +173,22 @@ def route_to_writers(batch: dict[str, np.ndarray], writers: list, valid_fraction
     return summary(batch)
 
 
-def start_writers(config: CorpusConfig) -> list:
-    """The pool of writer actors, with the `writer` stage's resources. Restarted if they die (their open
-    shards are lost and recomputed by the next run; committed shards are safe)."""
+def start_writers(config: CorpusConfig, *, die_after_commit: str = "") -> list:
+    """The pool of writer actors, with the `writer` stage's resources, named `<run start>-w<k>`. Restarted if
+    they die, with their calls retried: a restarted writer takes up the item ids its committed shards hold, so
+    nothing is stored twice (its open shards are lost and recomputed by the next run; committed shards are
+    safe). die_after_commit: the test hook of ShardWriter."""
+    import time
+
     import ray
 
     stage = config.stage("writer")
+    run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     actor = ray.remote(ShardWriter).options(max_restarts=-1, max_task_retries=-1, **stage.ray_options())
     return [actor.remote(config.output, shard_rows=config.shard_rows, shard_bytes=config.shard_bytes,
-                         row_group_rows=config.row_group_rows, quarantine_shard_rows=config.quarantine_shard_rows)
-            for _ in range(max(1, stage.actors))]
+                         row_group_rows=config.row_group_rows, quarantine_shard_rows=config.quarantine_shard_rows,
+                         name=f"{run}-w{k}", die_after_commit=die_after_commit)
+            for k in range(max(1, stage.actors))]
 
 
 class CorpusWriter:
@@ -187,14 +214,16 @@ def _as_bytes(x) -> bytes:
     return np.ascontiguousarray(np.asarray(x, np.float16)).tobytes()
 
 
-def write_null_text(config: CorpusConfig) -> dict:
-    """The empty-caption embeddings, through the very same TextStage (and resources) as every caption."""
+def write_null_text(config: CorpusConfig, text: StageResources | None = None) -> dict:
+    """The empty-caption embeddings, through the very same TextStage (and resources: `text`, the run's placement of
+    the text stage, default the config's) as every caption. One row: batch_size=1, which Ray Data requires with GPUs."""
     import ray.data
 
     from pipelines.corpus.encode import TextStage
 
+    text = text or config.stage("text")
     ds = ray.data.from_items([{"caption": "", "reject_reason": "", "reject_stage": "", "reject_detail": ""}])
-    row = ds.map_batches(TextStage, compute=ray.data.ActorPoolStrategy(size=1), **config.stage("text").ray_options(),
+    row = ds.map_batches(TextStage, compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, **text.ray_options(),
                          fn_constructor_kwargs={"kit_name_or_path": config.kit}).take(1)[0]
     t5, clap = _as_bytes(row["t5"]), _as_bytes(row["clap"])
     table = conform(pa.table({"t5": [t5], "t5_length": [int(row["t5_length"])], "clap": [clap]}), NULL_TEXT)
