@@ -15,7 +15,7 @@ from pipelines.corpus.config import (
     parse_stage_resources,
     resolve_plan,
 )
-from pipelines.corpus.index import OutputIndex, sum_map
+from pipelines.corpus.index import OutputIndex, sum_map, track_items
 from pipelines.corpus.ledger import ledger_of
 from pipelines.corpus.writer import ShardWriter, batch_tables
 from schemas import CORPUS, SHARD_INDEX, validate
@@ -74,6 +74,32 @@ def test_rows_handed_over_again_are_stored_once(tmp_path):
 
     assert ids(CORPUS_DIR, "clip_id") == ["t0-00000", "t0-00001", "t0-00002", "t1-00000", "t1-00001"]
     assert ids(QUARANTINE_DIR, "item_id") == ["t0-00003", "t1-00002"]
+
+
+def test_a_restarted_writer_takes_up_the_items_it_committed(tmp_path):
+    """Ray restarts a dead writer with the same name: it takes up the item ids of its committed shards (also one
+    whose index entry was never written), not another writer's, so a retried call or hand-over stores nothing twice."""
+    out = str(tmp_path)
+
+    def named(name: str) -> ShardWriter:
+        return ShardWriter(out, name=name, shard_rows=2, shard_bytes=2**40, row_group_rows=2, quarantine_shard_rows=2)
+
+    w = named("run1-w0")
+    assert w.taken == set()
+    w.add(*batch_tables(batch("t0", 3), valid_fraction=0.0))             # {t0-0, t0-1} committed, t0-2 open
+    (last,) = w.add(*batch_tables(batch("t1", 0, rejected=2), valid_fraction=0.0))
+    assert last.startswith(f"{QUARANTINE_DIR}/run1-w0-")
+    os.remove(os.path.join(out, INDEX_DIR, last.replace("/", "-")))       # died between the shard and its entry
+    named("run1-w1").add(*batch_tables(batch("t2", 2), valid_fraction=0.0))     # another writer's shard
+    again = named("run1-w0")
+    assert again.taken == {"t0-00000", "t0-00001", "t1-00000", "t1-00001"}     # t0-2 was in the lost open shard
+    assert again.add(*batch_tables(batch("t1", 0, rejected=2), valid_fraction=0.0)) == []
+    again.add(*batch_tables(batch("t0", 3), valid_fraction=0.0))
+    assert len(again.flush()) == 1                                       # {t0-2}
+    index = OutputIndex.load(out)
+    ids = [i for shard_ids in track_items(index.entries)["item_ids"].to_pylist() for i in shard_ids]
+    assert sorted(ids) == ["t0-00000", "t0-00001", "t0-00002", "t1-00000", "t1-00001", "t2-00000", "t2-00001"]
+    assert all(ledger_of(index).complete(t) for t in ("t0", "t1", "t2"))
 
 
 def test_a_lost_shard_makes_its_tracks_incomplete_and_an_unindexed_one_is_healed(tmp_path):
