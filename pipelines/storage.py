@@ -85,6 +85,17 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def safe_relative(prefix: str, key: str) -> str:
+    """`key` (from a listing of `prefix`) as a path relative to it, refused (ValueError) unless it stays below:
+    an S3 key may hold `..`, `.`, empty or absolute parts, which joined to a local folder would write outside it."""
+    head = prefix.rstrip("/") + "/"
+    relative = key[len(head):] if key.startswith(head) else None
+    parts = relative.split("/") if relative else []
+    if not parts or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        raise ValueError(f"listed key {key!r} is not a plain path below {prefix!r}; refusing to write it locally")
+    return relative
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -5,7 +5,8 @@ into storage/run/checkpoint_step_NNNNNNNN/) holds:
 - dcp/: model, optimiser and EMA as DCP shards (`.metadata` from rank 0, `__R_0.distcp` from rank R). Under FSDP
   they are DTensor shards, under DDP one copy of each (DCP de-duplicates replicated tensors across ranks).
   DCP re-shards on load, so a checkpoint loads at another world size or strategy (DDP <-> FSDP, 2 -> 1 workers).
-- state.pt (rank 0): step, data position (epoch, consumed), LR schedule, loss history, configs; no weights.
+- state.pt (rank 0): step, data position (epoch, consumed: train rows of the epoch's global order all ranks
+  took, the same position at any world size), LR schedule, loss history, configs; no weights.
 - rng_rankR.pt (rank R): that rank's RNG states. Resume at the same world size restores them exactly; at another
   world size the new ranks get fresh generators derived from (seed, rank, step): deterministic, not exact.
 state.pt and the rng files load with weights_only=True, but DCP reads dcp/.metadata with pickle: resume only
@@ -27,7 +28,8 @@ from pipelines.training.ema import ema_state_dict
 from pipelines.training.parallel import local
 from pipelines.training.state import TrainState
 
-FORMAT = 2                       # 1: one full state.pt with weights (read for old checkpoints); 2: DCP shards
+FORMAT = 3                       # 1: one full state.pt with weights (read, not resumed); 2: DCP shards, consumed
+                                 # in per-rank micro-batches; 3: consumed in rows of the world-size-free order
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Tensor]:
@@ -147,6 +149,11 @@ def restore_checkpoint(state: TrainState, folder: str) -> None:
     state.ema[:] = [local(target["ema"][name]).detach().clone() for name in state.names]
     state.scheduler.load_state_dict(saved["scheduler"])
     state.step, state.epoch, state.consumed = int(saved["step"]), int(saved["epoch"]), int(saved["consumed"])
+    if int(saved["format"]) == 2:      # micro-batches per rank of the old per-rank dealing: as many rows, new order
+        state.consumed *= int(saved["world"]) * int(saved["config"]["micro_batch_size"])
+        if state.rank == 0:
+            print(f"{folder}: a format-2 checkpoint; its epoch continues after as many rows in the new data order, "
+                  f"which may repeat or skip rows of that epoch")
     state.history = [tuple(r) for r in saved["loss_history"].tolist()]
     rng = os.path.join(folder, rng_file(state.rank))
     if int(saved.get("world", state.world)) == state.world and os.path.exists(rng):

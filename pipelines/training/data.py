@@ -1,15 +1,17 @@
 """The training data: corpus files dealt to ranks per epoch, read in a reproducible order, collated to tensors.
 
-Data order is deterministic: each epoch the corpus files are permuted by (seed, epoch) and dealt to the workers
-balanced by train rows; each worker reads only its files (Ray Data, order preserved) through a local shuffle
-seeded by (seed, epoch, rank), and every worker runs the same number of micro-batches. The position in this
-stream is (epoch, batches consumed), which is what a checkpoint records.
+Data order is deterministic and the same at any world size: each epoch the corpus files are permuted by
+(seed, epoch) and read in that order (Ray Data, order preserved); the rows are shuffled inside consecutive windows
+of `shuffle_buffer` rows, each window permuted by (seed, epoch, window). That is the epoch's global order. Ranks
+take interleaved micro-batches of it: global micro-batch k goes to rank k % world. The position is (epoch, train
+rows of the epoch consumed by all ranks together), which is what a checkpoint records, so a resume at any world
+size continues at the same row, with no row repeated or skipped.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -172,32 +174,63 @@ def files_of(files) -> list[CorpusFile]:
             for f in files]
 
 
-def assign_files(train_rows: list[int], world: int, seed: int, epoch: int) -> list[list[int]]:
-    """This epoch's file indices per rank, each rank's in reading order.
+def file_order(n_files: int, seed: int, epoch: int) -> list[int]:
+    """This epoch's reading order of the corpus files: a permutation by (seed, epoch), whatever the world size."""
+    return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_files)]
 
-    Files are permuted by (seed, epoch); then, largest first (ties in permutation order), each goes to the
-    rank with the fewest train rows so far, so ranks are balanced by rows and disjoint. Files without train
-    rows are never read.
+
+def epoch_rounds(total: int, start: int, world: int, micro_batch_size: int) -> int:
+    """Rounds (one micro-batch per rank) left in an epoch of `total` train rows from global row `start`: whole
+    rounds only, so every rank runs the same count (DDP); the last < world * micro_batch_size rows of the global
+    order are dropped for this epoch (another tail each epoch)."""
+    return max(total - start, 0) // (world * micro_batch_size)
+
+
+def deal(tables: Iterable[pa.Table], *, rank: int, world: int, micro_batch_size: int, window: int, seed: int,
+         epoch: int, start: int, rounds: int) -> Iterator[tuple[int, pa.Table]]:
+    """This rank's micro-batches of one epoch, from the epoch's rows in file order (`tables`, any block sizes).
+
+    The global order permutes each window of `window` consecutive rows by (seed, epoch, window index); from
+    global row `start` on, global micro-batch k (rows start + k*mb ...) belongs to rank k % world. Yields
+    (rows of the epoch consumed by all ranks once every rank has taken this round, this rank's table), `rounds`
+    times; only this rank's rows are copied (`take`), whole windows before `start` are not even permuted.
     """
-    import heapq
-
-    order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(train_rows))]
-    position = {f: p for p, f in enumerate(order)}
-    loads = [(0, rank) for rank in range(world)]
-    ranks: list[list[int]] = [[] for _ in range(world)]
-    for f in sorted(order, key=lambda f: -train_rows[f]):       # stable: permutation order among equals
-        if train_rows[f] <= 0:
+    round_rows = world * micro_batch_size
+    end = start + rounds * round_rows
+    pending: list[pa.Table] = []          # rows read but not yet windowed
+    pending_rows = window_start = 0
+    mine: list[pa.Table] = []             # this rank's rows not yet yielded, in global order
+    mine_rows = done = 0
+    source, exhausted = iter(tables), False
+    while done < rounds:
+        if pending_rows < window and not exhausted:
+            table = next(source, None)
+            exhausted = table is None
+            if table is not None:
+                pending.append(table)
+                pending_rows += table.num_rows
             continue
-        load, rank = heapq.heappop(loads)
-        ranks[rank].append(f)
-        heapq.heappush(loads, (load + train_rows[f], rank))
-    return [sorted(files, key=position.__getitem__) for files in ranks]
-
-
-def batches_per_epoch(train_rows: list[int], assignment: list[list[int]], micro_batch_size: int) -> int:
-    """Micro-batches every rank runs this epoch: the minimum over ranks (DDP needs equal counts); the
-    rest of each rank's rows is dropped for this epoch (a different remainder each epoch)."""
-    return min(sum(train_rows[f] for f in files) // micro_batch_size for files in assignment)
+        if pending_rows == 0:
+            raise RuntimeError(f"epoch {epoch}: the corpus ended after {window_start} train rows, {end} expected; "
+                               f"the corpus changed after the scan?")
+        rows = pa.concat_tables(pending)
+        size = min(window, rows.num_rows)
+        here, rest = rows.slice(0, size), rows.slice(size)
+        pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        positions = window_start + np.arange(size)
+        wanted = (positions >= start) & (positions < end) & (
+            (np.maximum(positions - start, 0) // micro_batch_size) % world == rank)
+        if wanted.any():
+            permutation = np.random.default_rng([seed, epoch, window_start // window]).permutation(size)
+            mine.append(here.take(pa.array(permutation[wanted])))
+            mine_rows += int(wanted.sum())
+        window_start += size
+        while mine_rows >= micro_batch_size and done < rounds:
+            batch = pa.concat_tables(mine)
+            mine = [batch.slice(micro_batch_size)]
+            mine_rows -= micro_batch_size
+            done += 1
+            yield start + done * round_rows, batch.slice(0, micro_batch_size)
 
 
 def read_split(uris: list[str], split: str, excluded: frozenset[str] = frozenset()):
@@ -231,43 +264,35 @@ def validation_dataset(files: list[CorpusFile], max_rows: int):
     return read_split(chosen, "valid", excluded_of(files)).limit(max_rows).materialize()
 
 
-def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.default_rng([seed, epoch, rank]).integers(2**31))
+def read_train_tables(uris: list[str], excluded: frozenset[str]) -> Iterator[pa.Table]:
+    """The train rows of these files in this order (Ray Data blocks, order preserved)."""
+    return read_split(uris, "train", excluded).iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def rank_micro_batches(files: list[CorpusFile], *, rank: int, world: int, micro_batch_size: int,
-                       collate: CorpusCollate, seed: int, shuffle_buffer: int, epoch: int,
-                       skip: int) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, micro-batches consumed in epoch, this rank's batch), skipping `skip` batches first.
+                       collate, seed: int, shuffle_buffer: int, epoch: int, skip: int,
+                       read: Callable[[list[str], frozenset[str]], Iterable[pa.Table]] = read_train_tables,
+                       ) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, train rows of the epoch consumed by all ranks, this rank's batch), from global row `skip`
+    of `epoch` (see `deal`); `read` gives the rows of files in order (Ray Data; tests pass a plain reader).
 
-    Each epoch this rank reads only its files (`assign_files`) with Ray Data, in permutation order,
-    through a local shuffle buffer seeded by (seed, epoch, rank), and stops after `batches_per_epoch`
-    batches, like every other rank. Given (epoch, skip) the stream is reproducible; skipped batches are
-    read but not decoded.
+    Every rank reads every train row of the epoch and collates only its own micro-batches: the price of a
+    position that means the same at any world size. Rows before `skip` are read, not decoded.
     """
     rows = [f.train_rows for f in files]
+    total = sum(rows)
+    if total < world * micro_batch_size:
+        raise ValueError(f"{total} train rows cannot give each of {world} ranks a micro-batch of {micro_batch_size}")
     while True:
-        plan = assign_files(rows, world, seed, epoch)
-        count = batches_per_epoch(rows, plan, micro_batch_size)
-        if count == 0:
-            raise ValueError(f"epoch {epoch}: some of the {world} ranks get fewer than {micro_batch_size} train "
-                             f"rows from {sum(r > 0 for r in rows)} files with train rows; use more, smaller "
-                             f"files or fewer workers")
-        if skip >= count:       # resumed exactly at an epoch's end: nothing of it to read
+        rounds = epoch_rounds(total, skip, world, micro_batch_size)
+        if rounds == 0:         # resumed exactly at an epoch's end (or in its dropped tail): nothing of it to read
             epoch, skip = epoch + 1, 0
             continue
-        batches = read_split([files[f].uri for f in plan[rank]], "train", excluded_of(files)).iter_batches(
-            batch_size=micro_batch_size, batch_format="pyarrow", drop_last=True,
-            local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed(seed, epoch, rank))
-        index = 0
-        for index, table in enumerate(batches, start=1):
-            if index > skip:
-                yield epoch, index, collate({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names})
-            if index == count:
-                break
-        if index < count:
-            raise RuntimeError(f"epoch {epoch}: rank {rank} read {index} of {count} batches; the corpus changed "
-                               f"after the scan?")
+        uris = [files[f].uri for f in file_order(len(files), seed, epoch) if rows[f] > 0]
+        for consumed, table in deal(read(uris, excluded_of(files)), rank=rank, world=world,
+                                    micro_batch_size=micro_batch_size, window=shuffle_buffer, seed=seed,
+                                    epoch=epoch, start=skip, rounds=rounds):
+            yield epoch, consumed, collate({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names})
         epoch, skip = epoch + 1, 0
 
 

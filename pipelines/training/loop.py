@@ -72,7 +72,8 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             restore_checkpoint(state, folder)
         if state.rank == 0:
-            print(f"resumed {cfg.run_name} at step {state.step} (epoch {state.epoch}, batch {state.consumed})")
+            print(f"resumed {cfg.run_name} at step {state.step} (epoch {state.epoch}, "
+                  f"row {state.consumed} of its global order)")
     if state.rank == 0:
         print(f"attention (SDPA) backend on {state.device}: {attention_backends(state)}")
 

@@ -7,8 +7,6 @@ from dataclasses import asdict, replace
 from pipelines import storage
 from pipelines.training.config import TrainConfig, accumulation_steps, worker_resources
 from pipelines.training.data import (
-    assign_files,
-    batches_per_epoch,
     read_exclusions,
     read_manifest,
     scan_corpus,
@@ -47,7 +45,7 @@ def run_training(config: TrainConfig, *, resume: bool = False):
         print(f"leaving out {len(excluded)} tracks of the corpus's exclusion list (jobs/check_overlap.py --exclude), "
               f"found in {sum(bool(f.excluded) for f in files)} files")
     rows = [f.train_rows for f in files]
-    if batches_per_epoch(rows, assign_files(rows, config.num_workers, config.seed, 0), config.micro_batch_size) < 1:
+    if sum(rows) < config.num_workers * config.micro_batch_size:
         raise ValueError(f"{sum(r > 0 for r in rows)} corpus files with {sum(rows)} train rows cannot give each of "
                          f"{config.num_workers} workers a micro-batch of {config.micro_batch_size}")
     datasets = {"valid": validation_dataset(files, config.val_max_rows)} if config.val_every > 0 else {}
@@ -65,8 +63,9 @@ def run_training(config: TrainConfig, *, resume: bool = False):
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures)),
-        # training data: each worker reads its own files per epoch (rank_micro_batches); validation: the
-        # fixed subset, unsplit + ordered, every worker takes rows rank::workers of each batch
+        # training data: every worker reads the epoch's global order and takes its own micro-batches
+        # (rank_micro_batches); validation: the fixed subset, unsplit + ordered, every worker takes rows
+        # rank::workers of each batch
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                             execution_options=ExecutionOptions(preserve_order=True)),

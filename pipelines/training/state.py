@@ -41,7 +41,7 @@ class TrainState:
     accumulation: int
     step: int = 0
     epoch: int = 0
-    consumed: int = 0                 # micro-batches of `epoch` already trained on
+    consumed: int = 0                 # train rows of `epoch` consumed by all ranks together (any world size)
     history: list[tuple[float, float]] = field(default_factory=list)   # (step, loss) for the loss curve
 
     @property
