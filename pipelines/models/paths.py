@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pipelines.errors import UserError
+
 ROLES = ("vae", "vocoder", "t5", "clap", "llm")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class KitError(RuntimeError):
+class KitError(UserError, RuntimeError):
     """A kit file is malformed, or models it names cannot be found (the message names every one)."""
 
 
@@ -40,17 +42,17 @@ def kit_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class RoleFiles:
-    """What from_pretrained reads for one role: the weights' base names (`X.safetensors`, `X.bin`, or the
-    sharded `X.safetensors.index.json` + its shards) and any one complete group of tokenizer files."""
+    """What from_pretrained reads for one role: one of the weight files (or its sharded `<name>.index.json` and
+    every shard listed there) and any one complete group of tokenizer files."""
     weights: tuple[str, ...]
     tokenizer: tuple[tuple[str, ...], ...] = ()
     extra: tuple[str, ...] = ()
 
 
-_TRANSFORMERS = ("model", "pytorch_model")
+_TRANSFORMERS = ("model.safetensors", "pytorch_model.bin")
 _BPE = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 ROLE_FILES = {
-    "vae": RoleFiles(weights=("diffusion_pytorch_model",)),
+    "vae": RoleFiles(weights=("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
     "vocoder": RoleFiles(weights=_TRANSFORMERS),
     # T5 v1.1 ships spiece.model only (converted by sentencepiece); BERT-like encoders ship vocab.txt
     "t5": RoleFiles(weights=_TRANSFORMERS, tokenizer=(("tokenizer.json",), ("spiece.model",), ("vocab.txt",))),
@@ -87,21 +89,19 @@ def missing_files(role: str, listing: Listing, subfolder: str | None, tokenizer_
     return missing
 
 
-def _weights_problem(bases: tuple[str, ...], listing: Listing, sub: str) -> str | None:
-    for base in bases:
-        for ext in (".safetensors", ".bin"):
-            if listing.exists(f"{sub}{base}{ext}"):
-                return None
-            index = f"{sub}{base}{ext}.index.json"
-            if listing.exists(index):
-                try:
-                    shards = sorted(set(json.loads(listing.read(index))["weight_map"].values()))
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    return f"weights index {index} cannot be read: {e}"
-                lost = [s for s in shards if not listing.exists(sub + s)]
-                return f"weight shards {', '.join(sub + s for s in lost)} (listed in {index})" if lost else None
-    return "weights in {} (one of: {})".format(
-        sub or "./", " | ".join(f"{b}.safetensors, {b}.bin or a sharded index" for b in bases))
+def _weights_problem(names: tuple[str, ...], listing: Listing, sub: str) -> str | None:
+    for name in names:
+        if listing.exists(sub + name):
+            return None
+        index = f"{sub}{name}.index.json"
+        if listing.exists(index):
+            try:
+                shards = sorted(set(json.loads(listing.read(index))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                return f"weights index {index} cannot be read: {e}"
+            lost = [s for s in shards if not listing.exists(sub + s)]
+            return f"weight shards {', '.join(sub + s for s in lost)} (listed in {index})" if lost else None
+    return f"weights in {sub or './'} (one of: {', '.join(names)}, or a sharded {names[0]}.index.json)"
 
 
 # ---------------------------------------------------------------- built kits
