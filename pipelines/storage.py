@@ -5,10 +5,13 @@ AWS_ACCESS_KEY_ID, ..., or an instance profile); they are never logged.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
+import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -101,6 +104,13 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def size(uri: str) -> int | None:
+    """Size in bytes of the file at uri; None when there is no file (missing, or a folder)."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
 def list_files(uri: str, suffix: str = "") -> list[str]:
     """Every file below uri (recursively) whose name ends with suffix, as URIs of the same kind, sorted."""
     return sorted(list_sizes(uri, suffix))
@@ -125,7 +135,7 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write so that a reader never sees a partial file: temp name + rename locally; one PUT on S3
+    """Write so that a reader never sees a partial file: temp name + fsync + rename locally; one PUT on S3
     (an S3 object becomes visible only when its upload completes)."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
@@ -134,10 +144,58 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
-    tmp = f"{parent}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    _write_local_atomic(path, data)
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    """Temp file beside path, fsync'd before the rename (else a power loss can leave the new name pointing at
+    empty or partial data), the folder fsync'd after (else the rename itself can be lost); the temp file is
+    removed when anything fails. A process killed mid-write still leaves it: hidden (`.name.*.tmp`), never listed."""
+    parent = os.path.dirname(path)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(parent)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+COPY_CHUNK_BYTES = 8 << 20     # bytes held at once while an object is copied to local disk
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, chunk_bytes: int = COPY_CHUNK_BYTES) -> Iterator[str]:
+    """A local path holding uri's bytes, for readers that want a file: a local path as it is; an s3 object
+    streamed in chunks to a temp file (named with the object's extension, which format detection may use),
+    removed on exit, on error too. Never more than chunk_bytes of it in memory."""
+    if not is_s3(uri):
+        yield uri
+        return
+    fs, path = filesystem(uri)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix="fluxmusic-input-", suffix=suffix if re.fullmatch(r"\.\w{1,8}", suffix) else "")
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as f:
+            while chunk := f.read(chunk_bytes):
+                out.write(chunk)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def write_parquet_atomic(table: pa.Table, uri: str, row_group_rows: int | None = None) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -57,13 +59,57 @@ def _soundfile_blocks(source: AudioSource, block_frames: int) -> tuple[int, int,
     return handle.samplerate, handle.channels, blocks()
 
 
+class NotAudioError(DecodeError):
+    """The content is a container ffmpeg must not open: a playlist or other reference format (it would read the
+    files or URLs it names), or anything else outside AUDIO_CONTAINERS. `container` is ffmpeg's name for it."""
+
+    def __init__(self, container: str, message: str):
+        super().__init__(message)
+        self.container = container
+
+
+# ffmpeg demuxers allowed to open an input: real audio containers only. Everything else is refused before its
+# header is read (ffmpeg's format_whitelist), so playlists (hls, dash), concat lists, image sequences, SDP/RTSP
+# descriptions and the like never open the files or URLs they name (docs/inputs.md, "Untrusted content").
+AUDIO_CONTAINERS = ("wav", "w64", "flac", "mp3", "aac", "ac3", "eac3", "dts", "truehd", "mlp", "mov", "matroska",
+                    "ogg", "aiff", "caf", "asf", "ape", "wv", "tta", "tak", "mpc", "mpc8", "au", "amr", "dsf",
+                    "shn", "xwma")
+# Formats that name other inputs: refused like the rest, with a detail that says why.
+REFERENCE_FORMATS = frozenset({"hls", "dash", "concat", "imf", "webm_dash_manifest", "image2", "sdp", "rtsp",
+                               "lavfi"})
+# Input options of every ffprobe/ffmpeg call on a user's file: only the local file protocol (no http, no
+# crypto/data/pipe), and only AUDIO_CONTAINERS. The path is given as file:ABSOLUTE so no name is a protocol.
+FFMPEG_INPUT_OPTIONS = ("-protocol_whitelist", "file", "-format_whitelist", ",".join(AUDIO_CONTAINERS))
+_REFUSED = re.compile(r"\[([^\s@\]]+) @ 0x[0-9a-fA-F]+\] Format not on whitelist")
+
+
+def ffmpeg_input(path: str) -> list[str]:
+    """The `-i` part of an ffprobe/ffmpeg command for a local file, with FFMPEG_INPUT_OPTIONS."""
+    return [*FFMPEG_INPUT_OPTIONS, "-i", "file:" + os.path.abspath(path)]
+
+
+def _refusal(stderr: str) -> NotAudioError | None:
+    """The NotAudioError for ffmpeg's "Format not on whitelist" message, naming the container it detected."""
+    found = _REFUSED.search(stderr)
+    if not found:
+        return None
+    name = found.group(1)
+    why = ("a playlist or reference file: ffmpeg would open the files or URLs it names"
+           if name in REFERENCE_FORMATS else "not an audio container")
+    return NotAudioError(name, f"content is '{name}', {why}; refused, not decoded")
+
+
 def _ffmpeg_probe(path: str) -> tuple[int, int]:
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-           "-of", "json", "-i", path]
+           "-of", "json", *ffmpeg_input(path)]
     done = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    stderr = done.stderr.decode(errors="replace").strip()
+    refused = _refusal(stderr)
+    if refused:
+        raise refused
     streams = json.loads(done.stdout or b"{}").get("streams") if done.returncode == 0 else None
     if not streams:
-        raise DecodeError(f"ffprobe: no audio stream ({done.stderr.decode(errors='replace').strip()[-300:]})")
+        raise DecodeError(f"ffprobe: no audio stream ({stderr[-300:]})")
     return int(streams[0]["sample_rate"]), int(streams[0]["channels"])
 
 
@@ -85,7 +131,7 @@ def _ffmpeg_blocks(source: AudioSource, block_frames: int) -> tuple[int, int, It
         if spool:
             spool.close()
         raise
-    cmd = ["ffmpeg", "-v", "error", "-xerror", "-nostdin", "-i", path, "-map", "0:a:0", "-f", "f32le",
+    cmd = ["ffmpeg", "-v", "error", "-xerror", "-nostdin", *ffmpeg_input(path), "-map", "0:a:0", "-f", "f32le",
            "-acodec", "pcm_f32le", "pipe:1"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr: list[bytes] = []
@@ -128,12 +174,15 @@ def downmix_resample(blocks: Iterable[np.ndarray], in_rate: int) -> np.ndarray:
 
 def decode(source: AudioSource, *, block_frames: int = BLOCK_FRAMES) -> Decoded:
     """Decode any file to float32 mono 16 kHz, streamed. libsndfile first (WAV/FLAC/OGG/Opus/MP3/AIFF),
-    ffmpeg for the rest (AAC/M4A, odd codecs) or when libsndfile fails part-way. Raises DecodeError."""
+    ffmpeg for the rest (AAC/M4A, odd codecs) or when libsndfile fails part-way, on AUDIO_CONTAINERS only.
+    Raises DecodeError; NotAudioError (a DecodeError) when the content is a playlist or another non-audio format."""
     errors = []
     for name, open_blocks in (("soundfile", _soundfile_blocks), ("ffmpeg", _ffmpeg_blocks)):
         try:
             rate, channels, blocks = open_blocks(source, block_frames)
             return Decoded(downmix_resample(blocks, rate), rate, channels, name)
+        except NotAudioError as err:     # refused by content: never decoded by anything
+            raise NotAudioError(err.container, "; ".join([f"{name}: {err}", *errors])) from None
         except Exception as err:  # noqa: BLE001 - each decoder's failure is reported, not raised
             errors.append(f"{name}: {type(err).__name__}: {err}")
     raise DecodeError("; ".join(errors))

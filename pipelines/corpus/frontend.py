@@ -46,18 +46,32 @@ def _row(source: dict, clip_index: int, *, start: float = 0.0, duration: float =
     }
 
 
-def _load(uri: str) -> tuple[audio.AudioSource | None, str, str]:
-    """(what to decode, reason, detail): a local path is decoded in place; an s3 object is fetched whole."""
+def _absent(uri: str) -> tuple[str, str]:
+    """(reason, detail) when there is nothing to decode at uri (missing, zero bytes), else ("", "")."""
     if storage.is_s3(uri):
-        if not storage.exists(uri):
-            return None, "missing", f"no object at {uri}"
-        data = storage.read_bytes(uri)
-        return (data, "", "") if data else (None, "empty", "zero-byte object")
+        size = storage.size(uri)
+        if size is None:
+            return "missing", f"no object at {uri}"
+        return ("empty", "zero-byte object") if size == 0 else ("", "")
     if not os.path.isfile(uri):
-        return None, "missing", f"no file at {uri}"
-    if os.path.getsize(uri) == 0:
-        return None, "empty", "zero-byte file"
-    return uri, "", ""
+        return "missing", f"no file at {uri}"
+    return ("empty", "zero-byte file") if os.path.getsize(uri) == 0 else ("", "")
+
+
+def _decode(uri: str) -> tuple[audio.Decoded | None, dict, str, str]:
+    """(decoded, embedded tags, reason, detail) of one input. A local path is decoded in place; an s3 object is
+    streamed to a local temp file first (never whole in memory), removed once decoded."""
+    reason, detail = _absent(uri)
+    if reason:
+        return None, {}, reason, detail
+    with storage.local_copy(uri) as path:
+        try:
+            decoded = audio.decode(path)
+        except audio.NotAudioError as err:       # e.g. a playlist named .mp3: refused, never decoded
+            return None, {}, "not_audio", str(err)
+        except audio.DecodeError as err:
+            return None, {}, "unreadable", str(err)
+        return decoded, read_embedded_tags(path), "", ""
 
 
 def clip_gates(samples: np.ndarray, silence_dbfs: float, min_lufs: float,
@@ -82,15 +96,11 @@ def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float, min_
         # The real name is not UTF-8: no corpus row could name it. source_uri shows its bytes as \xNN.
         return [_row(source, -1, stage="discover", reason=BAD_FILE_NAME,
                      detail="file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8) and re-run")], "", None
-    data, reason, detail = _load(source["source_uri"])
-    if data is None:
+    decoded, tags, reason, detail = _decode(source["source_uri"])
+    if decoded is None:
         return [_row(source, -1, stage="decode", reason=reason, detail=detail)], "", None
-    try:
-        decoded = audio.decode(data)
-    except audio.DecodeError as err:
-        return [_row(source, -1, stage="decode", reason="unreadable", detail=str(err))], "", None
     # Manifest metadata wins over tags embedded in the file.
-    metadata = {**read_embedded_tags(data), **(source.get("metadata") or {})}
+    metadata = {**tags, **(source.get("metadata") or {})}
     digest = quality.content_hash(decoded.audio)
     reason, detail = quality.track_gate(len(decoded.audio), min_clip_seconds)
     if reason:

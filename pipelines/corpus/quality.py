@@ -12,6 +12,8 @@ REASONS = {
     "missing": ("decode", "listed (e.g. in a manifest) but no file at that path"),
     "empty": ("decode", "zero-byte file, or it decodes to zero samples"),
     "unreadable": ("decode", "neither libsndfile nor ffmpeg could decode it (corrupt, truncated, not audio)"),
+    "not_audio": ("decode", "the content is not an audio container (e.g. an HLS playlist or ffconcat list named "
+                            ".mp3): ffmpeg refuses it before reading anything it names; detail names the format"),
     "too_short": ("segment", "the whole track is shorter than min_clip_seconds"),
     "short_tail": ("segment", "the track's last piece is shorter than min_clip_seconds and was dropped"),
     "non_finite": ("quality", "the clip has NaN or infinite samples"),

@@ -1,5 +1,6 @@
-"""A hostile-input round: containers, sample formats, broken files, odd names, links and S3 keys, each with its
-expected outcome (docs/inputs.md holds the table). The front end and discovery run directly; one Ray run."""
+"""Hostile inputs that need more than one process: S3 keys with spaces and Unicode through discovery and the
+front end (SeaweedFS), and a whole prepare_corpus run that accounts for ignored files and a non-UTF-8 name
+(docs/inputs.md holds the table; the single-file cases are in tests/unit/test_hostile_inputs.py)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,8 @@ import shutil
 from pipelines import storage
 from pipelines.corpus import sources
 from pipelines.corpus.frontend import process_track
-from tests.unit.test_hostile_inputs import (
-    excerpt,
-)
+from tests.unit.test_hostile_inputs import excerpt
+from tests.unit.test_hostile_inputs import pytestmark  # noqa: F401 - the same skip: needs ffmpeg and asc-music
 
 
 def test_s3_keys_with_spaces_and_unicode(s3_server, tmp_path):

@@ -37,29 +37,58 @@ def test_local_roundtrip_and_list(tmp_path):
     assert storage.list_files(str(tmp_path / "missing")) == []
 
 
-class CrashBeforeRename:
-    """A local filesystem whose rename dies, as a process killed after writing the temp file would."""
-
-    def __init__(self):
-        self.inner = pafs.LocalFileSystem()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def move(self, src, dst):
-        raise KeyboardInterrupt("simulated crash before rename")
+def _crash(*_args):
+    raise KeyboardInterrupt("simulated crash before rename")
 
 
-def test_local_crashed_write_leaves_nothing_under_final_name(tmp_path, monkeypatch):
+def test_local_crashed_write_leaves_nothing_under_final_name_and_no_temp_file(tmp_path, monkeypatch):
     target = str(tmp_path / "d" / "f.parquet")
     storage.write_bytes_atomic(target, b"old complete file")
-    real_filesystem = storage.filesystem
-    monkeypatch.setattr(storage, "filesystem", lambda uri: (CrashBeforeRename(), real_filesystem(uri)[1]))
+    monkeypatch.setattr(storage.os, "replace", _crash)
     with pytest.raises(KeyboardInterrupt):
         storage.write_bytes_atomic(target, b"x" * 100_000)
     with pytest.raises(KeyboardInterrupt):
         storage.write_bytes_atomic(str(tmp_path / "d" / "new.parquet"), b"x" * 100_000)
     monkeypatch.undo()
     assert storage.read_bytes(target) == b"old complete file"  # the old version, never a mix
-    assert not os.path.exists(tmp_path / "d" / "new.parquet")
-    assert storage.list_files(str(tmp_path)) == [target]  # leftovers never look like outputs
+    assert os.listdir(tmp_path / "d") == ["f.parquet"]         # no new file, no .tmp left behind
+
+
+def test_local_failed_write_removes_its_temp_file(tmp_path, monkeypatch):
+    """A write that fails part-way (disk full: here fsync raises) leaves neither the file nor its temp file."""
+    def full(_fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        storage.write_bytes_atomic(str(tmp_path / "d" / "g.bin"), b"x" * 1000)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_local_write_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    monkeypatch.setattr(storage.os, "replace", replace)
+    storage.write_bytes_atomic(str(tmp_path / "d" / "h.bin"), b"data")
+    monkeypatch.undo()
+    (kind, first), second, third = calls
+    assert kind == "fsync" and os.path.basename(first).startswith(".h.bin.") and first.endswith(".tmp")
+    assert second == ("replace", "h.bin") and third == ("fsync", str(tmp_path / "d"))
+    assert storage.read_bytes(str(tmp_path / "d" / "h.bin")) == b"data"
+
+
+def test_local_copy_of_a_local_path_is_the_path(tmp_path):
+    path = str(tmp_path / "a.wav")
+    with storage.local_copy(path) as local:
+        assert local == path
