@@ -1,5 +1,5 @@
 """jobs/check_overlap.py: evaluation tracks that are copies of corpus tracks are found, reported and excluded,
-from the corpus tables' source URIs or from a stored fingerprints table."""
+from the corpus tables' source URIs or from a stored fingerprints table (for the corpus tracks it holds)."""
 from __future__ import annotations
 
 import json
@@ -55,12 +55,16 @@ def test_overlap_reads_the_fingerprints_table_and_a_manifest(corpus_and_eval, tm
     shutil.rmtree(os.path.join(stored, "overlap"), ignore_errors=True)
     index = F.NearDuplicateIndex()
     index.add(ids["machine_wars"], F.fingerprint(decode(files["excerpt-machine_wars"]).audio), "/elsewhere/mw.mp3")
+    # A row of a track with no corpus row (a run stored it before its stream, then died): it counts not.
+    index.add("never-committed", F.fingerprint(decode(files["trimmed"]).audio), "/gone/trimmed.flac")
     os.makedirs(os.path.join(stored, "fingerprints"))
     pq.write_table(index.to_table(), os.path.join(stored, "fingerprints", "part-0.parquet"))
-    # The table wins over the corpus rows: it knows only machine_wars, so nothing leaks; no exclusion list.
+    # The table stands for the corpus tracks it holds (machine_wars); frontiers, a corpus track it lacks, is
+    # decoded from its source_uri, so its trimmed copy is found; no exclusion list without --exclude.
     report = overlap.check_overlap(stored, [os.path.join(evaluation, "manifest.csv")])
-    assert report["corpus_fingerprints"] == "fingerprints table" and report["corpus_tracks"] == 1
-    assert report["matches"] == [] and report["exclude_file"] is None
+    assert report["corpus_fingerprints"] == "fingerprints table + 1 decoded from corpus source_uri"
+    assert report["corpus_tracks"] == 2 and report["exclude_file"] is None
+    assert [m["corpus_track_id"] for m in report["matches"]] == [ids["frontiers"]]
     assert [f["source_uri"].endswith("lost.wav") for f in report["failed"]["eval"]] == [True]   # listed, not there
     assert read_exclusions(stored) == frozenset()
-    assert main(["--corpus", stored, "--eval", os.path.join(evaluation, "manifest.csv")]) == 0
+    assert main(["--corpus", stored, "--eval", os.path.join(evaluation, "manifest.csv")]) == 1
