@@ -13,8 +13,10 @@ Near-duplicates (the same recording re-encoded, trimmed or with another intro; d
 in the same pass: it also fingerprints each decoded track (Chromaprint), and the driver runs
 `find_near_duplicates` over this run's kept copies against the index of earlier runs' kept tracks
 (OUTPUT/fingerprints/*.parquet). The decisions go to OUTPUT/dedup/near_duplicates.json and travel with each
-pending track into the front end; after the run, the fingerprints of the tracks that kept a clip are written
-as a new OUTPUT/fingerprints/ file.
+pending track into the front end. Fingerprints are computed in every run (also with near-duplicates off) and
+the ones of the tracks that may keep a clip are written as a new OUTPUT/fingerprints/ file before the stream
+starts, so they are on storage before any row of their track; a reader counts a fingerprint only while its track
+holds a committed corpus clip (`load_fingerprints`), so a run that dies at any point loses none and adds none.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import storage
 from pipelines.corpus.fingerprint import ITEMS_PER_SECOND, NearDuplicateIndex, find_near_duplicates
@@ -110,18 +113,32 @@ def describe_near(decision: dict) -> str:
             f"{decision['score']:.3f} at offset {decision['offset']} ({decision['offset'] / ITEMS_PER_SECOND:+.1f} s)")
 
 
-def load_fingerprints(output: str, threshold: float) -> NearDuplicateIndex:
-    """The index of every earlier run's kept tracks, files in name (= time) order: earlier rows were kept earlier."""
+def load_fingerprints(output: str, threshold: float, tracks: set[str] | None = None) -> NearDuplicateIndex:
+    """The index of every earlier run's kept tracks, files in name (= time) order: earlier rows were kept earlier.
+    tracks: the tracks that hold a committed corpus clip (the ledger's); rows of other tracks are left out (a run
+    wrote them before its stream and stopped before committing the track, or the track became a duplicate).
+    None: every row."""
     files = sorted(storage.list_files(storage.join(output, FINGERPRINTS_DIR), ".parquet"))
     if not files:
         return NearDuplicateIndex(threshold=threshold)
-    return NearDuplicateIndex.from_table(pa.concat_tables([storage.read_parquet(f) for f in files]),
-                                         threshold=threshold)
+    table = pa.concat_tables([storage.read_parquet(f) for f in files])
+    if tracks is not None:
+        table = table.filter(pc.is_in(table["track_id"], value_set=pa.array(sorted(tracks), pa.string())))
+    return NearDuplicateIndex.from_table(table, threshold=threshold)
+
+
+def may_keep(known: dict[str, str], hashed: list[dict], near: dict[str, str]) -> set[str]:
+    """The tracks of this run's claims that may keep a clip: they keep their content hash (`plan_owners`) and are
+    no near-duplicate (near: {track_id: detail}). Their fingerprints are written before the stream."""
+    owners = plan_owners(known, hashed)
+    return {h["track_id"] for h in hashed
+            if owners[h["content_hash"]]["track_id"] == h["track_id"] and h["track_id"] not in near}
 
 
 def write_fingerprints(output: str, hashed: list[dict], kept_tracks: set[str], started: float) -> str | None:
-    """This run's fingerprints of the tracks that ended with a kept clip, as OUTPUT/fingerprints/<time>-<hash>.parquet
-    (written atomically; the name sorts by run start). None when there is nothing to write."""
+    """This run's fingerprints of kept_tracks (before the stream: `may_keep`), as
+    OUTPUT/fingerprints/<time>-<hash>.parquet (written atomically; the name sorts by run start). None when there is
+    nothing to write. Readers count a row only while its track holds a committed corpus clip."""
     rows = sorted((h for h in hashed if h["track_id"] in kept_tracks and len(h.get("fingerprint", ()))),
                   key=lambda h: (h["source_uri"], h["track_id"]))        # the order they were kept in
     if not rows:
@@ -176,10 +193,12 @@ def start_registry(output: str, pending: list[dict], known: dict[str, str], *, g
 
     claims_uri = storage.join(output, CLAIMS)
     near = near_duplicate_threshold > 0
-    hashed = hash_pending(pending, gates=gates, fingerprints=near)
+    hashed = hash_pending(pending, gates=gates, fingerprints=True)    # always: later runs and check_overlap need them
     owners = plan_owners(known, hashed)
     storage.write_bytes_atomic(claims_uri, json.dumps(owners, sort_keys=True).encode())
-    decisions = plan_near_duplicates(owners, hashed, load_fingerprints(output, near_duplicate_threshold)) if near else {}
+    # known's tracks are the ones holding a corpus clip: only their fingerprints are earlier runs' kept tracks
+    earlier = load_fingerprints(output, near_duplicate_threshold, set(known.values())) if near else None
+    decisions = plan_near_duplicates(owners, hashed, earlier) if near else {}
     storage.write_bytes_atomic(storage.join(output, NEAR_DUPLICATES), json.dumps(decisions, sort_keys=True).encode())
     registry = ray.remote(DedupRegistry).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(claims_uri, known)
     return registry, {t: describe_near(d) for t, d in decisions.items()}, hashed

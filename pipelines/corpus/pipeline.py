@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pipelines import storage
 from pipelines.corpus.account import build_manifest
 from pipelines.corpus.config import FUSED_CPUS, CorpusConfig, front_end_gates, fused_pool_size, resolve_plan
-from pipelines.corpus.dedup import start_registry, write_fingerprints
+from pipelines.corpus.dedup import may_keep, start_registry, write_fingerprints
 from pipelines.corpus.index import OutputIndex
 from pipelines.corpus.ledger import ledger_of
 from pipelines.corpus.writer import start_writers, write_null_text
@@ -168,10 +168,10 @@ def prepare_corpus(config: CorpusConfig, progress=print) -> dict:
         registry, near, hashed = start_registry(config.output, pending, ledger.hashes, gates=front_end_gates(config),
                                                 near_duplicate_threshold=config.near_duplicate_threshold)
         pending = [dict(s, near_duplicate=near.get(s["track_id"], "")) for s in pending]
+        # Before any row (a run may die at any point): a fingerprint counts once its track holds a corpus clip.
+        write_fingerprints(config.output, hashed, may_keep(ledger.hashes, hashed, near), started)
         run = run_stream(config, pending, registry)
         index.refresh()                           # reads only the entries this run committed
-        # Only now: a track is indexed for later runs once it holds a committed corpus clip.
-        write_fingerprints(config.output, hashed, ledger_of(index).corpus_tracks, started)
     dims = write_null_text(config)
     manifest = build_manifest(config, kit, sources, dims, index, run, time.time() - started)
     manifest["ignored"] = discovery.ignored.as_dict()      # every file that is not audio, by kind
