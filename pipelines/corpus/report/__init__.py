@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 
 import numpy as np
 import soundfile as sf
 
 from pipelines import storage
+from pipelines.errors import UserPathError
 from pipelines.corpus.report.data import ReportData, read_report_data
 from pipelines.corpus.report.page import TAG_SOURCES, TOP_TAGS, render
 from schemas import constants
 
 REPORT_DIR = "report"
 
-__all__ = ["write_report", "read_report_data", "charts_of", "REPORT_DIR"]
+__all__ = ["write_report", "read_report_data", "charts_of", "own_files", "REPORT_DIR", "MARKER"]
 
 
 def charts_of(d: ReportData) -> dict[str, bytes]:
@@ -69,24 +72,58 @@ def _mel_png(audio: np.ndarray) -> bytes:
     return mel_image(clips_to_log_mel(clip[None], lengths=np.array([n]))[0])
 
 
+MARKER = "report-files.json"      # the sample files a report wrote into its folder: the only ones it ever deletes
+_OWN_FILE = re.compile(r"(mel/[^/]+\.png|audio/[^/]+\.wav)")   # what a report writes; nothing else is deleted
+
+
+def own_files(out_uri: str) -> list[str] | None:
+    """The files (relative paths) the last report listed in out_uri's marker; None when there is no marker.
+    Entries that are not a report's sample file names are dropped, so an edited marker cannot delete others."""
+    uri = storage.join(out_uri, MARKER)
+    if not storage.exists(uri):
+        return None
+    try:
+        listed = json.loads(storage.read_bytes(uri))["files"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [f for f in listed if isinstance(f, str) and _OWN_FILE.fullmatch(f)] if isinstance(listed, list) else []
+
+
+def _write_marker(out_uri: str, files: list[str]) -> None:
+    body = {"written_by": "jobs/report.py (pipelines/corpus/report)", "files": sorted(set(files))}
+    storage.write_bytes_atomic(storage.join(out_uri, MARKER), json.dumps(body, indent=1).encode())
+
+
 def write_report(corpus_uri: str, out_uri: str | None = None, *, sample: int = 12, seed: int = 0) -> str:
     """Write the data card of the corpus at corpus_uri (local or s3://) to out_uri (default OUT/report/):
     index.html with the charts embedded, and mel/<clip>.png and audio/<clip>.wav of the sampled clips beside it.
-    Returns the page's URI."""
-    out_uri = out_uri or storage.join(corpus_uri, REPORT_DIR)
+    Returns the page's URI.
+
+    A report deletes only the sample files an earlier report listed in out_uri's MARKER (an earlier sample's files
+    would linger); anything else in the folder is never touched. An out_uri other than the corpus's own report
+    folder that holds an index.html but no marker is refused: that page is not a report's."""
+    default = storage.join(corpus_uri, REPORT_DIR)
+    out_uri = out_uri or default
+    previous = own_files(out_uri)
+    if previous is None and out_uri != default and storage.exists(storage.join(out_uri, "index.html")):
+        raise UserPathError(f"{out_uri} holds an index.html that no report wrote (no {MARKER}); a report would "
+                            "overwrite it: give --output an empty or new folder, or an earlier report's")
     d = read_report_data(corpus_uri, sample=sample, seed=seed)
-    fs, path = storage.filesystem(out_uri)
-    for folder in ("mel", "audio"):          # the report's own folders: an earlier sample's files would linger
-        if storage.exists(storage.join(out_uri, folder)):
-            fs.delete_dir_contents(f"{path}/{folder}")
     mel_files, audio_files = {}, {}
     for s in d.samples:
-        if s.audio is None:
-            continue
-        mel_files[s.clip_id] = f"mel/{s.clip_id}.png"
-        audio_files[s.clip_id] = f"audio/{s.clip_id}.wav"
-        storage.write_bytes_atomic(storage.join(out_uri, mel_files[s.clip_id]), _mel_png(s.audio))
-        storage.write_bytes_atomic(storage.join(out_uri, audio_files[s.clip_id]), _wav(s.audio))
+        if s.audio is not None:
+            mel_files[s.clip_id] = f"mel/{s.clip_id}.png"
+            audio_files[s.clip_id] = f"audio/{s.clip_id}.wav"
+    written = [*mel_files.values(), *audio_files.values()]
+    _write_marker(out_uri, [*(previous or []), *written])     # listed before they exist: a crash orphans nothing
+    for s in d.samples:
+        if s.audio is not None:
+            storage.write_bytes_atomic(storage.join(out_uri, mel_files[s.clip_id]), _mel_png(s.audio))
+            storage.write_bytes_atomic(storage.join(out_uri, audio_files[s.clip_id]), _wav(s.audio))
     page = storage.join(out_uri, "index.html")
     storage.write_bytes_atomic(page, render(d, charts_of(d), mel_files, audio_files).encode("utf-8"))
+    for stale in sorted(set(previous or []) - set(written)):
+        if storage.exists(storage.join(out_uri, stale)):
+            storage.delete(storage.join(out_uri, stale))
+    _write_marker(out_uri, written)
     return page
