@@ -103,8 +103,8 @@ class OutputIndex:
     def load(cls, output: str, heal: bool = True, columns: list[str] | None = None, writer: str = "") -> "OutputIndex":
         import os
 
-        index = cls(output if storage.is_s3(output) else os.path.abspath(output), columns=columns,   # URIs as listings give them
-                    writer=writer)
+        uri = output if storage.is_s3(output) else os.path.abspath(output)     # URIs as listings give them
+        index = cls(uri, columns=columns, writer=writer)
         empty = SHARD_INDEX.empty_table()
         index.entries = empty.select(columns) if columns else empty
         index.refresh(heal=heal)

@@ -39,7 +39,8 @@ def corpus_tracks(corpus: str) -> tuple[dict[str, str], pa.Table]:
     index = OutputIndex.load(corpus, heal=False)
     entries = index.table(CORPUS_DIR)
     tracks = {t: "" for t in track_items(entries)["track_id"].to_pylist()}
-    unindexed = sorted({s for s in index.shard_sizes() if s.startswith(CORPUS_DIR + "/")} - set(entries["shard"].to_pylist()))
+    shards = {s for s in index.shard_sizes() if s.startswith(CORPUS_DIR + "/")}
+    unindexed = sorted(shards - set(entries["shard"].to_pylist()))
     for shard in unindexed:
         rows = storage.read_parquet(storage.join(corpus, shard), columns=["track_id", "source_uri"])
         tracks.update(zip(rows["track_id"].to_pylist(), rows["source_uri"].to_pylist()))

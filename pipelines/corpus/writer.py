@@ -6,7 +6,8 @@ dataset is consumed, and when it is asked to stop. A commit writes the shard und
 on S3), then its index entry. A crash loses at most the open shards: their items are in no committed shard, so a
 re-run recomputes them. Exactly once: each writer has a name for the run (`<run start>-w<k>`, the prefix of its
 shards' names) and stores an item id at most once; a writer Ray restarts (its `add` retried, or rows handed over
-again by a retried track) first takes up the item ids of the shards committed under its name (their index entries). The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands each
+again by a retried track) first takes up the item ids of the shards committed under its name (their index entries).
+The Ray Data stage (`route_to_writers`) turns each batch into Arrow tables and hands each
 track's rows to that track's writer; it returns one summary row per item for the driver's count of this run.
 """
 from __future__ import annotations
