@@ -16,7 +16,8 @@ LOOPBACK_ENV = {
 
 # Variables of the driver that every worker of the job must see too (workers are started by the raylet,
 # not by the driver, so they do not inherit the driver's environment).
-CARRIED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
+CARRIED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
+               "FLUXMUSIC_INJECT_CRASH")   # the test-only fault hook (pipelines/corpus/crashguard.py)
 
 
 class UnsafeRayEnvironment(RuntimeError):

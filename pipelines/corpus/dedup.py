@@ -65,9 +65,10 @@ class DedupRegistry:
     claimant, and that claim is persisted before it is answered.
     """
 
-    def __init__(self, claims_uri: str, known: dict[str, str] | None = None):
+    def __init__(self, claims_uri: str, known: dict[str, str] | None = None, crashed: dict[str, str] | None = None):
         self.claims_uri = claims_uri
         self.known = dict(known or {})                     # {content_hash: track_id} kept by earlier runs
+        self.crashed = dict(crashed or {})                 # {track_id: detail}: tracks that killed the pre-pass
         self.claims: dict[str, dict[str, str]] = (
             json.loads(storage.read_bytes(claims_uri)) if storage.exists(claims_uri) else {})
 
@@ -83,6 +84,10 @@ class DedupRegistry:
 
     def owners(self) -> dict[str, dict[str, str]]:
         return dict(self.claims)
+
+    def crashes(self) -> dict[str, str]:
+        """{track_id: worker_crash detail} of the tracks whose pre-pass killed its process (quarantined, not decoded again)."""
+        return dict(self.crashed)
 
     def _save(self) -> None:
         storage.write_bytes_atomic(self.claims_uri, json.dumps(self.claims, sort_keys=True).encode())
@@ -166,39 +171,67 @@ def content_claim(source: dict, *, gates: dict, fingerprints: bool) -> dict:
             "content_hash": content_hash if claims else "", "fingerprint": fp.astype(np.int64).tolist()}
 
 
-def hash_pending(pending: list[dict], *, gates: dict, fingerprints: bool = False) -> list[dict]:
-    """content_claim over the pending tracks, in parallel on Ray; only the claiming tracks are returned."""
+def claim_job(ctx, source: dict, gates: dict, fingerprints: bool) -> dict:
+    """Crash-domain job: content_claim of one track (stage `dedup`)."""
+    ctx.stage("dedup", [source["source_uri"]])
+    return content_claim(source, gates=gates, fingerprints=fingerprints)
+
+
+def guarded_claim(source: dict, *, gates: dict, fingerprints: bool) -> dict:
+    """content_claim in this process's crash domain (pipelines/corpus/crashguard.py); a track that kills it on
+    every attempt claims nothing and carries the crash detail ("crash": "" otherwise)."""
+    from pipelines.corpus import crashguard
+
+    claim, crash = crashguard.run_with_retries(crashguard.process_domain(), claim_job, source, gates, fingerprints)
+    if crash is not None:
+        return {"track_id": source["track_id"], "source_uri": source["source_uri"], "content_hash": "",
+                "fingerprint": [], "crash": crash.detail()}
+    return dict(claim, crash="")
+
+
+def hash_pending(pending: list[dict], *, gates: dict, fingerprints: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """content_claim over the pending tracks, in parallel on Ray: (the claiming tracks, {track_id: crash detail}
+    of the tracks whose pre-pass killed its process on every attempt)."""
     import ray.data
 
+    from pipelines.corpus.crashguard import RAY_RETRIES, inject_env
+
     if not pending:
-        return []
-    env = storage.ray_worker_env()
+        return [], {}
+    env = {**storage.ray_worker_env(), **inject_env()}
     ds = ray.data.from_items([{"source_uri": s["source_uri"], "track_id": s["track_id"],
                                "metadata": s.get("metadata") or {}, "problem": s.get("problem", "")}
                               for s in pending], override_num_blocks=len(pending))
-    ds = ds.map(content_claim, num_cpus=1, fn_kwargs=dict(gates=gates, fingerprints=fingerprints),
+    ds = ds.map(guarded_claim, num_cpus=1, max_retries=RAY_RETRIES, fn_kwargs=dict(gates=gates, fingerprints=fingerprints),
                 **({"runtime_env": {"env_vars": env}} if env else {}))
-    return [r for r in ds.take_all() if r["content_hash"]]
+    results = ds.take_all()
+    return ([{k: v for k, v in r.items() if k != "crash"} for r in results if r["content_hash"]],
+            {r["track_id"]: r["crash"] for r in results if r["crash"]})
 
 
 def start_registry(output: str, pending: list[dict], known: dict[str, str], *, gates: dict,
                    near_duplicate_threshold: float = 0.0):
     """The dedup plan: hash (and fingerprint) the pending tracks, persist the exact-duplicate plan to
     OUTPUT/dedup/claims.json and the near-duplicates to OUTPUT/dedup/near_duplicates.json, and start the
-    registry actor (restarted by Ray if it dies; its calls are retried and it re-reads the plan).
+    registry actor (restarted by Ray if it dies, at most RAY_RETRIES times; its calls are retried and it re-reads
+    the plan). Tracks whose pre-pass killed its process are held by the registry (`crashes`) for the stream to
+    quarantine as `worker_crash` (stage dedup).
 
     Returns (registry, {track_id: near-duplicate detail}, hashed claims with fingerprints, for write_fingerprints).
     """
     import ray
 
+    from pipelines.corpus.crashguard import RAY_RETRIES
+
     claims_uri = storage.join(output, CLAIMS)
     near = near_duplicate_threshold > 0
-    hashed = hash_pending(pending, gates=gates, fingerprints=True)    # always: later runs and check_overlap need them
+    hashed, crashed = hash_pending(pending, gates=gates, fingerprints=True)    # always: later runs and check_overlap need them
     owners = plan_owners(known, hashed)
     storage.write_bytes_atomic(claims_uri, json.dumps(owners, sort_keys=True).encode())
     # known's tracks are the ones holding a corpus clip: only their fingerprints are earlier runs' kept tracks
     earlier = load_fingerprints(output, near_duplicate_threshold, set(known.values())) if near else None
     decisions = plan_near_duplicates(owners, hashed, earlier) if near else {}
     storage.write_bytes_atomic(storage.join(output, NEAR_DUPLICATES), json.dumps(decisions, sort_keys=True).encode())
-    registry = ray.remote(DedupRegistry).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(claims_uri, known)
+    registry = ray.remote(DedupRegistry).options(num_cpus=0, max_restarts=RAY_RETRIES,
+                                                 max_task_retries=RAY_RETRIES).remote(claims_uri, known, crashed)
     return registry, {t: describe_near(d) for t, d in decisions.items()}, hashed

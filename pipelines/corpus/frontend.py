@@ -188,22 +188,57 @@ def front_end(source: dict, *, registry, min_clip_seconds: float, silence_dbfs: 
               min_lufs: float = loudness.MIN_LUFS, max_clipped_fraction: float = loudness.MAX_CLIP_FRACTION
               ) -> list[dict]:
     """One track -> its rows; an exact duplicate of an earlier track, or a near-duplicate the dedup plan
-    decided (source["near_duplicate"]: its detail), becomes one track-level rejection."""
+    decided (source["near_duplicate"]: its detail), becomes one track-level rejection. The decode runs in this
+    process's crash domain (pipelines/corpus/crashguard.py): a track that kills it is retried, then becomes one
+    track-level `worker_crash` row, as does a track that killed the dedup pre-pass (source["crashed"])."""
     import ray
 
-    rows = process_track(source, min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs, min_lufs=min_lufs,
-                         max_clipped_fraction=max_clipped_fraction, skip_clip_ids=frozenset(source.get("skip_ids", ())))
+    from pipelines.corpus import crashguard
+
+    gates = dict(min_clip_seconds=min_clip_seconds, silence_dbfs=silence_dbfs, min_lufs=min_lufs,
+                 max_clipped_fraction=max_clipped_fraction)
+    if source.get("crashed"):
+        rows = [crash_row(source, "dedup", source["crashed"])]
+    else:
+        rows, crash = crashguard.run_with_retries(crashguard.process_domain(), guarded_process_track, source, gates)
+        if crash is not None:
+            rows = [crash_row(source, crash.stage, crash.detail())]
+    key = claim_key(rows)
+    original = ray.get(registry.claim.remote(key, source["track_id"], source["source_uri"])) if key else None
+    return settle(rows, source, original)
+
+
+def guarded_process_track(ctx, source: dict, gates: dict) -> list[dict]:
+    """Crash-domain job: process_track of one track (resume: its skip_ids left out)."""
+    ctx.stage("frontend", [source["source_uri"]])
+    return process_track(source, **gates, skip_clip_ids=frozenset(source.get("skip_ids", ())))
+
+
+def claim_key(rows: list[dict]) -> str:
+    """The content hash a track claims with the dedup registry: its hash if it has a clip to keep, else ""."""
     content_hash = next((r["content_hash"] for r in rows if r["content_hash"]), "")
-    ok = [r for r in rows if not r["reject_reason"]]
-    if content_hash and ok:
-        original = ray.get(registry.claim.remote(content_hash, source["track_id"], source["source_uri"]))
-        if original:
-            rows = _track_reject(rows, source, "duplicate", f"same audio as {original}")
-        elif source.get("near_duplicate"):
-            rows = _track_reject(rows, source, "near_duplicate", source["near_duplicate"])
+    return content_hash if any(not r["reject_reason"] for r in rows) else ""
+
+
+def settle(rows: list[dict], source: dict, original: str | None) -> list[dict]:
+    """The track's rows after the registry's answer (original: the kept copy, None when this track keeps its
+    hash) and the near-duplicate plan, with metadata normalised."""
+    if original:
+        rows = _track_reject(rows, source, "duplicate", f"same audio as {original}")
+    elif source.get("near_duplicate") and claim_key(rows):
+        rows = _track_reject(rows, source, "near_duplicate", source["near_duplicate"])
     for row in rows:
         row["metadata"] = _normalise_metadata(row.get("metadata"))
     return rows
+
+
+def crash_row(source: dict, stage: str, detail: str) -> dict:
+    """The one track-level `worker_crash` row of a track whose processing killed its process (stage, signal)."""
+    from pipelines.corpus.crashguard import WORKER_CRASH
+
+    row = _row(source, -1, stage=stage, reason=WORKER_CRASH, detail=detail)
+    row["track_clip_count"] = 1
+    return row
 
 
 def add_log_mel(batch: dict[str, np.ndarray], loudness_target: float | None = None) -> dict[str, np.ndarray]:
