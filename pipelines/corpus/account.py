@@ -10,6 +10,7 @@ import numpy as np
 
 from pipelines.corpus.captions import mix_report
 from pipelines.corpus.config import CorpusConfig
+from pipelines.corpus.failures import split_reasons
 from pipelines.corpus.index import OutputIndex, sum_map
 from pipelines.corpus.ledger import ledger_of
 from schemas import SCHEMA_VERSION, constants
@@ -74,12 +75,16 @@ def vae_scaling_factor(kit) -> float:
 
 
 def format_account(manifest: dict) -> str:
+    """The printed account; the quarantine split into rejects for the input's content (too short, silent, a
+    duplicate...) and failures of ours (a model, a worker, our code: pipelines/corpus/failures.py)."""
     c = manifest["counts"]
+    content, ours = split_reasons(c["quarantined"])
     lines = [
         f"inputs            {c['inputs']}",
         f"tracks ok         {c['tracks_ok']}",
         f"clips             {c['clips']}  ({c['hours']:.3f} h of audio; splits {manifest['splits']})",
-        f"quarantined       {sum(c['quarantined'].values())}  " + ", ".join(f"{k}: {v}" for k, v in c["quarantined"].items()),
+        f"rejected (content) {sum(content.values())}  " + ", ".join(f"{k}: {v}" for k, v in content.items()),
+        f"failed (ours)     {sum(ours.values())}  " + ", ".join(f"{k}: {v}" for k, v in ours.items()),
         f"incomplete tracks {c['incomplete_tracks']}",
         f"caption mix       {manifest['caption_mix']['original']} original / {manifest['caption_mix']['synthetic']} synthetic",
         f"wall time         {manifest['wall_seconds']:.1f} s, {manifest['throughput']['clips_per_second']} clips/s, "
