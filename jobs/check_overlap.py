@@ -18,6 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs.cli import run_job  # noqa: E402
+from pipelines.corpus.check import check_inputs, require_corpus  # noqa: E402
 from pipelines.corpus.fingerprint import MATCH_THRESHOLD  # noqa: E402
 from pipelines.corpus.overlap import check_overlap  # noqa: E402
 
@@ -36,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_corpus(args.corpus, "--corpus")
+    check_inputs(args.eval, "--eval")
     report = check_overlap(args.corpus, args.eval, exclude=args.exclude, threshold=args.threshold)
     for m in report["matches"]:
         print(f"{m['score']:.3f}  {m['eval_source_uri']}  ~  {m['corpus_source_uri']} ({m['corpus_track_id']}, "
@@ -47,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

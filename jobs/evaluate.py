@@ -19,14 +19,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
+from jobs.cli import run_job  # noqa: E402
 from pipelines.evaluation.run import EvalConfig, run_evaluation  # noqa: E402
+from pipelines.runs.forms import CHECKPOINT_FORMS, TRUST_NOTE  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="training checkpoint (folder, its state.pt, a run folder, or a release folder; "
-                                              "local or s3://) to generate from")
+    what.add_argument("--checkpoint", help=f"generate from: {CHECKPOINT_FORMS} (that file's weights, whatever "
+                                              f"--weights says); local or s3://. {TRUST_NOTE}.")
     what.add_argument("--generated", help="folder of already generated WAVs named <prompt id>.wav (any rate; "
                                           "resampled to 16 kHz, cut or zero-padded to 10.24 s)")
     prompts = p.add_mutually_exclusive_group(required=True)
@@ -77,13 +79,10 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = config_from_args(parse_args(argv))
-    try:
-        _, table = run_evaluation(config)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"evaluate: {error}") from error
+    _, table = run_evaluation(config)
     print(table)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_job(main))

@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines.corpus import config as corpus_config  # noqa: E402
 from pipelines.corpus import loudness  # noqa: E402
+from jobs.cli import run_job  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
+from pipelines.corpus.check import check_inputs  # noqa: E402
 from pipelines.corpus.config import (  # noqa: E402
     CorpusConfig,
     load_stage_resources,
@@ -106,14 +108,19 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                         "corpus_resources.yaml is the one for ray_cluster.yaml")
     a = p.parse_args(argv)
     stages: dict[str, dict] = {}
-    if a.resources:
-        with open(a.resources) as f:
-            stages = load_stage_resources(f.read())
-    for stage, fields in parse_stage_resources(a.stage_resources).items():
-        merged = {**stages.get(stage, {}), **fields}
-        if "resources" in fields and "resources" in stages.get(stage, {}):
-            merged["resources"] = {**stages[stage]["resources"], **fields["resources"]}
-        stages[stage] = merged
+    try:
+        if a.resources:
+            with open(a.resources) as f:
+                stages = load_stage_resources(f.read())
+        for stage, fields in parse_stage_resources(a.stage_resources).items():
+            merged = {**stages.get(stage, {}), **fields}
+            if "resources" in fields and "resources" in stages.get(stage, {}):
+                merged["resources"] = {**stages[stage]["resources"], **fields["resources"]}
+            stages[stage] = merged
+    except OSError as error:
+        p.error(f"--resources {a.resources}: {error.strerror or error}")
+    except ValueError as error:         # both parse flag values only
+        p.error(str(error))
     config = CorpusConfig(inputs=a.input, output=a.output, kit=a.kit, limit=a.limit, min_clip_seconds=a.min_clip_seconds,
                         silence_dbfs=a.silence_dbfs, valid_fraction=a.valid_fraction, min_lufs=a.min_lufs,
                         max_clipped_fraction=a.max_clipped_fraction, normalise_loudness=a.normalise_loudness,
@@ -133,9 +140,12 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    from pipelines.models.kits import load_kit
     from pipelines.raylocal import init_local_ray
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never download models implicitly (README, "Models")
+    check_inputs(config.inputs)                    # a missing input or kit fails now, before Ray starts
+    load_kit(config.kit)
     init_local_ray()
     manifest = prepare_corpus(config)
     print("\n" + format_account(manifest))
@@ -152,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -18,6 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs.cli import run_job  # noqa: E402
+from pipelines.corpus.check import require_corpus  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="clips shown with audio and spectrogram (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the clip sample (default: %(default)s)")
     a = p.parse_args(argv)
+    require_corpus(a.corpus, "--corpus")
     from pipelines.corpus.report import write_report
 
     print(f"report: {write_report(a.corpus, a.output, sample=a.sample, seed=a.seed)}")
@@ -36,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -11,15 +11,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import argparse  # noqa: E402
 
+from jobs.cli import run_job  # noqa: E402
+from pipelines.errors import UserError  # noqa: E402
+from pipelines.evaluation.generate import parse_encoders  # noqa: E402
 from pipelines.evaluation.samples import SampleConfig, read_prompt_lines, write_samples  # noqa: E402
+from pipelines.runs.forms import CHECKPOINT_FORMS, TRUST_NOTE  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> SampleConfig:
     defaults = SampleConfig(checkpoint="", output="")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder, its state.pt, a run folder (its latest checkpoint) or a release folder "
-                        "(ema.safetensors + config.json); local or s3://")
+                   help=f"what to sample: {CHECKPOINT_FORMS} (that file's weights, whatever --weights says); "
+                        f"local or s3://. {TRUST_NOTE}.")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="text file, one prompt per line (added after the --prompt ones)")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for NNN.wav, NNN.png, prompts.json")
@@ -33,7 +37,11 @@ def parse_args(argv: list[str] | None = None) -> SampleConfig:
     p.add_argument("--kit", default="", help="model kit (default: the kit recorded in the checkpoint)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     a = p.parse_args(argv)
-    prompts = list(a.prompt) + (read_prompt_lines(a.prompts) if a.prompts else [])
+    try:
+        parse_encoders(a.encoders)
+    except UserError as error:
+        p.error(str(error))
+    prompts = list(a.prompt) + (read_prompt_lines(a.prompts, "--prompts") if a.prompts else [])
     if not prompts:
         p.error("give at least one --prompt or a --prompts file")
     return SampleConfig(checkpoint=a.checkpoint, output=a.output, prompts=prompts, cfg=a.cfg, steps=a.steps,
@@ -49,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_job(main))

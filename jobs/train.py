@@ -13,14 +13,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 from dataclasses import fields
 
+from jobs.cli import run_job
+from pipelines.corpus.check import require_corpus
+from pipelines.errors import UserError, UserValueError
 from pipelines.training.config import (
     DEFAULT_PROMPTS,
     DEFAULT_SHUFFLE_ROWS,
     TrainConfig,
+    accumulation_steps,
     default_micro_batch_size,
     parse_worker_resources,
 )
 from pipelines.training.run import run_training
+from schemas.manifest import TRAINING_KEYS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,13 +112,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    try:
+        return _config_from_args(args)
+    except ValueError as error:          # --worker-resource, or a batch that does not split over the workers
+        raise UserValueError(str(error)) from error
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["sample_prompts"] = args.sample_prompts or list(DEFAULT_PROMPTS)
     values["worker_resources"] = parse_worker_resources(args.worker_resource)
     if not args.micro_batch_size:
         values["micro_batch_size"] = default_micro_batch_size(args.global_batch_size, args.num_workers,
                                                               TrainConfig.micro_batch_size)
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    accumulation_steps(config.global_batch_size, config.micro_batch_size, config.num_workers)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
     config = config_from_args(args)
+    require_corpus(config.data, "--data", TRAINING_KEYS)     # before Ray starts
     init_local_ray()
-    result = run_training(config, resume=args.resume)
+    try:
+        result = run_training(config, resume=args.resume)
+    except FileExistsError as error:     # the run name holds a run and --resume was not given
+        raise UserError(str(error)) from error
     print(f"finished {config.run_name}: {result.metrics}")
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}")
@@ -131,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_job(main))

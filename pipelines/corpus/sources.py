@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.errors import UserError, UserPathError, UserValueError
 
 # .mp4/.mkv/.webm are containers: the first audio stream is decoded (a file with none is quarantined).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif", ".aifc",
@@ -26,7 +27,7 @@ PATH_COLUMNS = ("file_name", "path", "audio")          # first one present names
 AUDIOFOLDER_METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest is malformed or lists a path outside its own folder."""
 
 
@@ -236,7 +237,7 @@ def _discover_one(uri: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, 
     lower = uri.lower()
     if lower.endswith(MANIFEST_EXTENSIONS) and not uri.endswith("/"):
         if not storage.exists(uri):
-            raise FileNotFoundError(f"manifest {uri} does not exist")
+            raise UserPathError(f"manifest {uri} does not exist")
         return read_manifest(uri), []
     if storage.is_s3(uri):
         fs, path = storage.filesystem(uri)
@@ -250,10 +251,10 @@ def _discover_one(uri: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, 
             _walk_local(path) if kind == pafs.FileType.Directory else ([], [])
     if kind == pafs.FileType.File:
         if not is_audio(uri):
-            raise ValueError(f"input {uri} is neither a folder, an audio file nor a manifest")
+            raise UserValueError(f"input {uri} is neither a folder, an audio file nor a manifest")
         return {files[0]: {}}, []
     if not files and not ignored and kind == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input {uri} does not exist")
+        raise UserPathError(f"input {uri} does not exist")
     audio, ignored = _split(files, ignored)
     found = {f: {} for f in audio}
     # HF audiofolder: a metadata file in any folder annotates (and may list) the files below it.

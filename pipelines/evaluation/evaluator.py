@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from pipelines import storage
+from pipelines.errors import UserValueError
 from pipelines.evaluation import metrics
 from pipelines.evaluation.labels import CLASSIFIER, label_prompts, label_set
 from pipelines.evaluation.reference import (
@@ -114,8 +115,8 @@ class Evaluator:
         """Use a reference .npz written earlier (e.g. copied from another cache); it must match these models."""
         stats = ReferenceStats.from_bytes(storage.read_bytes(uri))
         if (stats.embedder_id, stats.classifier_id) != (self.embedder_id, self.classifier_id):
-            raise ValueError(f"{uri} was computed with {stats.embedder_id} / {stats.classifier_id}, "
-                             f"not {self.embedder_id} / {self.classifier_id}")
+            raise UserValueError(f"{uri} was computed with {stats.embedder_id} / {stats.classifier_id}, "
+                                 f"not {self.embedder_id} / {self.classifier_id}: give a reference of these models")
         return self._remember(stats)
 
     def reference(self, audio16k: np.ndarray | Callable[[], np.ndarray], key: str,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines import storage
+from pipelines.errors import UserValueError
 from schemas.constants import LATENT_SHAPE, SAMPLE_RATE
 
 ENCODER_CHOICES = ("t5", "clap")
@@ -23,7 +24,7 @@ def parse_encoders(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """"t5,clap" | "t5" | "clap" (or a list) -> a validated tuple."""
     names = tuple(s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip())
     if not names or any(n not in ENCODER_CHOICES for n in names):
-        raise ValueError(f"encoders must be a non-empty subset of {ENCODER_CHOICES}, got {spec!r}")
+        raise UserValueError(f"encoders must be a non-empty subset of {ENCODER_CHOICES}, got {spec!r}")
     return names
 
 
@@ -43,6 +44,15 @@ def text_condition(t5_states: list[Tensor], clap: Tensor, null_t5: Tensor, null_
         clap = null_clap[None].expand(len(t5_states), -1)
     txt, mask = pad_text([s.float() for s in t5_states])
     return {"txt": txt, "txt_mask": mask, "y": clap.float()}
+
+
+def check_kit_fits(model: nn.Module, t5_dim: int, clap_dim: int, kit: str) -> None:
+    """UserValueError when the kit's text encoders do not give the embedding sizes the model was trained on."""
+    params = getattr(model, "params", None)
+    wanted = (getattr(params, "context_in_dim", t5_dim), getattr(params, "vec_in_dim", clap_dim))
+    if wanted != (t5_dim, clap_dim):
+        raise UserValueError(f"kit {kit!r} gives T5 {t5_dim} / CLAP {clap_dim} dims, the model was trained on "
+                             f"{wanted[0]} / {wanted[1]}: use the kit it was trained with (leave out --kit)")
 
 
 class Generator:
@@ -65,6 +75,7 @@ class Generator:
         self.model = self.model.to(self.device).eval()
         self.encoders = parse_encoders(encoders)
         self.text = TextEncoder(kit, device=self.device)
+        check_kit_fits(self.model, self.text.t5_dim, self.text.clap_dim, kit)
         self.mel_decoder = MelDecoder(kit, device=self.device)
         self.vocoder = Vocoder(kit, device=self.device)
         # the scaling factor the corpus was built with (manifest / checkpoint) wins over the kit's VAE config

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from pipelines import storage
+from pipelines.errors import UserPathError, UserValueError
 from schemas.constants import CLIP_SAMPLES, SAMPLE_RATE
 from schemas.manifest import CORPUS_DIR
 
@@ -82,7 +83,7 @@ def read_corpus(output: str, split: str, limit: int | None = None) -> PromptSet:
         t = storage.read_parquet(uri, columns=cols).to_pylist()
         rows += [r for r in t if r["split"] == split]
     if not rows:
-        raise ValueError(f"corpus {output}: no clips in split {split!r}")
+        raise UserValueError(f"corpus {output}: no clips in split {split!r}; give a --split it holds (train, valid)")
     rows.sort(key=lambda r: r["clip_id"])
     rows = rows[:limit] if limit is not None else rows
 
@@ -112,6 +113,10 @@ def _resolve(base_uri: str, path: str) -> str:
 
 def read_prompt_file(uri: str) -> PromptSet:
     """.txt: one caption per line (ids 000, 001, ...); .csv/.jsonl: id, caption[, audio]."""
+    if not uri.endswith((".txt", ".jsonl", ".csv")):
+        raise UserValueError(f"prompt file {uri}: expected .txt, .csv or .jsonl")
+    if not storage.exists(uri):
+        raise UserPathError(f"prompt file {uri} does not exist")
     text = storage.read_bytes(uri).decode("utf-8")
     if uri.endswith(".txt"):
         captions = [line.strip() for line in text.splitlines() if line.strip()]
@@ -121,9 +126,9 @@ def read_prompt_file(uri: str) -> PromptSet:
     elif uri.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(text)))
     else:
-        raise ValueError(f"prompt file {uri}: expected .txt, .csv or .jsonl")
+        raise UserValueError(f"prompt file {uri}: expected .txt, .csv or .jsonl")
     if not rows or any("caption" not in r for r in rows):
-        raise ValueError(f"prompt file {uri}: every row needs a caption")
+        raise UserValueError(f"prompt file {uri}: every row needs a caption")
     ids = [str(r.get("id") if r.get("id") not in (None, "") else f"{i:03d}") for i, r in enumerate(rows)]
     captions = [str(r["caption"]) for r in rows]
     audio = [r.get("audio") for r in rows]
@@ -138,11 +143,13 @@ def read_hf_dataset(path: str) -> PromptSet:
     """A datasets.save_to_disk folder; audio is read undecoded (bytes/path) and decoded by pipelines.corpus.audio."""
     import datasets
 
+    if not storage.exists(path):
+        raise UserPathError(f"HF dataset {path} does not exist; give a datasets.save_to_disk folder")
     ds = datasets.load_from_disk(path)
     if isinstance(ds, datasets.DatasetDict):
         ds = ds[next(iter(ds))]
     if "caption" not in ds.column_names:
-        raise ValueError(f"HF dataset {path}: no caption column (has {ds.column_names})")
+        raise UserValueError(f"HF dataset {path}: no caption column (has {ds.column_names})")
     ids = [str(i) for i in ds["id"]] if "id" in ds.column_names else [f"{i:03d}" for i in range(len(ds))]
     captions = [str(c) for c in ds["caption"]]
     reference = None
@@ -176,5 +183,5 @@ def read_wav_dir(folder: str, ids: list[str]) -> np.ndarray:
     uris = [storage.join(folder, f"{i}.wav") for i in ids]
     missing = [u for u in uris if not storage.exists(u)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} WAV(s) missing, e.g. {missing[:3]}")
+        raise UserPathError(f"{len(missing)} WAV(s) missing in {folder}, e.g. {missing[:3]}: name each <prompt id>.wav")
     return np.stack([fit_clip(decode(read_source(u)).audio)[0] for u in uris])

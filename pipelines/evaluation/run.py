@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from pipelines import storage
+from pipelines.errors import UserPathError, UserValueError
 from pipelines.evaluation.prompts import (
     PromptSet,
     digest_ids,
@@ -64,12 +65,27 @@ def kit_of(config: EvalConfig) -> str:
     return config.kit or "tiny"
 
 
+def check_given(config: EvalConfig) -> None:
+    """What the user named exists and fits, before any model loads or clip decodes (UserError otherwise)."""
+    from pipelines.corpus.check import require_corpus
+    from pipelines.runs.weights import resolve_checkpoint
+
+    if config.checkpoint:
+        resolve_checkpoint(config.checkpoint)
+    if config.corpus:
+        require_corpus(config.corpus, "--corpus")
+    for flag, path in (("--generated", config.generated), ("--reference", config.reference)):
+        if path and not storage.exists(path):
+            raise UserPathError(f"{flag} {path} does not exist")
+
+
 def run_evaluation(config: EvalConfig) -> tuple[dict, str]:
     """-> (the metrics.json content, the markdown table); both are also written under config.output."""
     from pipelines.evaluation.batch import generate_clips
     from pipelines.evaluation.evaluator import Evaluator
 
     started = time.time()
+    check_given(config)
     prompt_set = prompt_set_of(config)
     kit = kit_of(config)
     evaluator = Evaluator(kit, embedder=config.embedder, cache_dir=config.cache_dir, labels=config.labels,
@@ -84,7 +100,7 @@ def run_evaluation(config: EvalConfig) -> tuple[dict, str]:
         elif prompt_set.reference is not None:
             loader, key = prompt_set.reference, prompt_set.key
         else:
-            raise ValueError("no reference audio: the prompt set has none; give a reference")
+            raise UserValueError("no reference audio: the prompt set has none; give --reference")
         ref = evaluator.reference(loader, key, ids=prompt_set.ids)
 
     seeds: list[int] = []

@@ -5,11 +5,12 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from pipelines import storage
+from pipelines.errors import UserPathError, UserValueError
 
 
 @dataclass
 class SampleConfig:
-    checkpoint: str                      # checkpoint folder, its state.pt, or a run folder (local or s3://)
+    checkpoint: str                      # any of pipelines.runs.weights.CHECKPOINT_FORMS (local or s3://)
     output: str                          # folder or s3:// prefix
     prompts: list[str] = field(default_factory=list)
     cfg: float = 3.5
@@ -21,8 +22,10 @@ class SampleConfig:
     device: str | None = None
 
 
-def read_prompt_lines(uri: str) -> list[str]:
+def read_prompt_lines(uri: str, flag: str = "prompts file") -> list[str]:
     """A text file (local or s3://), one prompt per non-empty line."""
+    if not storage.exists(uri):
+        raise UserPathError(f"{flag} {uri} does not exist; give a text file with one prompt per line")
     return [line.strip() for line in storage.read_bytes(uri).decode().splitlines() if line.strip()]
 
 
@@ -32,7 +35,7 @@ def write_samples(config: SampleConfig) -> list[str]:
     from pipelines.runs.weights import load_checkpoint_state
 
     if not config.prompts:
-        raise ValueError("no prompts to sample")
+        raise UserValueError("no prompts to sample: give at least one")
     kit = config.kit or load_checkpoint_state(config.checkpoint)["model_config"]["kit"]
     generator = Generator(kit, config.checkpoint, weights=config.weights, encoders=config.encoders,
                           device=config.device)

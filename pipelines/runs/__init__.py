@@ -1,1 +1,1 @@
-"""What a training run leaves (checkpoints, releases) and reading its weights back: shared by training and evaluation."""
+"""What a training run leaves (checkpoints, releases) and reading its weights back: for training and evaluation."""

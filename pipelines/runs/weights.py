@@ -14,6 +14,7 @@ from torch import nn
 from pipelines import storage
 from pipelines.errors import UserPathError
 from pipelines.runs.checkpoints import STATE_FILE, load_weights
+from pipelines.runs.forms import CHECKPOINT_FORMS
 from pipelines.runs.release import (
     is_release,
     model_from_release,
@@ -22,8 +23,6 @@ from pipelines.runs.release import (
     write_release,
 )
 
-CHECKPOINT_FORMS = ("a run folder (its latest checkpoint), a checkpoint folder or its state.pt, a release folder, "
-                    "or a release's ema.safetensors / model.safetensors")
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -37,7 +36,8 @@ def resolve_checkpoint(path: str) -> str:
         raise UserPathError(f"--checkpoint {path} does not exist; give {CHECKPOINT_FORMS}")
     if kind == pafs.FileType.File:
         if not path.endswith((".pt", ".safetensors")):
-            raise UserPathError(f"--checkpoint {path} is a file but not a state.pt or .safetensors; give {CHECKPOINT_FORMS}")
+            raise UserPathError(f"--checkpoint {path} is a file but not a state.pt or .safetensors; "
+                                f"give {CHECKPOINT_FORMS}")
         path = path.rsplit("/", 1)[0] if "/" in path else "."
     if storage.exists(storage.join(path, STATE_FILE)) or is_release(path):
         return path

@@ -106,3 +106,42 @@ def test_release_folder_samples_like_its_checkpoint(checkpoint, tmp_path):
     assert sample_main(["--checkpoint", str(release), "--prompt", "warm cello", "--output", str(tmp_path / "out"),
                         "--steps", "1", "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "000.wav").exists()
+
+
+def test_every_checkpoint_form_loads_in_sample_evaluate_and_export(checkpoint, tmp_path):
+    """--checkpoint takes a run folder, a checkpoint folder, its state.pt, a release folder, or a release's
+    ema.safetensors / model.safetensors (that file's weights, whatever --weights says), in all three jobs."""
+    import shutil
+
+    from jobs.export_weights import main as export
+    from jobs.sample import main as sample_main
+    from pipelines.evaluation.run import EvalConfig, check_given, kit_of
+    from pipelines.runs.weights import model_from_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "checkpoint_step_00000001")
+    state = torch.load(run / "checkpoint_step_00000001" / "state.pt", weights_only=True)
+    state["model"] = {k: v + 1 for k, v in state["model"].items()}          # raw weights != EMA weights
+    torch.save(state, run / "checkpoint_step_00000001" / "state.pt")
+    release = tmp_path / "release"
+    assert export(["--checkpoint", str(run), "--output", str(release)]) == 0
+    expected = {w: model_from_checkpoint(str(run), w)[0].state_dict() for w in ("ema", "model")}
+    forms = {str(run): None, str(run / "checkpoint_step_00000001"): None,
+             str(run / "checkpoint_step_00000001" / "state.pt"): None, str(release): None,
+             str(release / "ema.safetensors"): "ema", str(release / "model.safetensors"): "model"}
+    for form, named in forms.items():
+        for asked in ("ema", "model"):
+            model, info = model_from_checkpoint(form, asked)
+            assert info["size"] == "tiny"
+            got = named or asked
+            assert all(torch.equal(v, expected[got][k]) for k, v in model.state_dict().items()), (form, asked)
+        config = EvalConfig(output=str(tmp_path / "eval"), checkpoint=form, prompts="unused.txt")
+        check_given(config)
+        assert kit_of(config) == "tiny"
+    again = tmp_path / "again"
+    assert export(["--checkpoint", str(release / "model.safetensors"), "--output", str(again)]) == 0
+    assert (again / "ema.safetensors").exists()
+    out = tmp_path / "out"
+    assert sample_main(["--checkpoint", str(release / "model.safetensors"), "--prompt", "warm cello",
+                        "--output", str(out), "--steps", "1", "--device", "cpu"]) == 0
+    assert (out / "000.wav").exists()

@@ -131,8 +131,9 @@ def _outside(module: str, allowed: tuple[str, ...]) -> set[str]:
                           "pipelines.errors", "model", "schemas")),
     # what a run leaves, read by training and evaluation alike: neither of them
     ("pipelines.runs", ("pipelines.runs", "pipelines.storage", "pipelines.errors", "model", "schemas")),
-    # evaluation reads what corpus and training write: decode and tags, the weights of any checkpoint or release
+    # evaluation reads what corpus and training write: decode, tags and the corpus check; the weights of any run
     ("pipelines.evaluation", ("pipelines.evaluation", "pipelines.corpus.audio", "pipelines.corpus.tags",
+                              "pipelines.corpus.check",
                               "pipelines.runs", "pipelines.models", "pipelines.storage", "pipelines.errors",
                               "pipelines.raylocal", "model", "schemas")),
 ])
