@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from pipelines.corpus.loudness import CLIP_LEVEL
 from schemas import constants as C
 
 AudioSource = str | bytes          # a local path, or the whole file's bytes (e.g. read from s3://)
@@ -32,11 +33,24 @@ class DecodeError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SourceLevels:
+    """Per clip window (CLIP_SAMPLES of the 16 kHz track), measured on the native-rate channels before the down-mix:
+    a channel clipped on its own averages below full scale in the mono mix, and resampling smooths its flat tops."""
+    clipped: np.ndarray     # float64 [windows]: fraction of the window's frames with any channel at |x| >= clip_level
+    peak: np.ndarray        # float32 [windows]: largest |x| of any channel (sample peak) in the window
+
+    def at(self, window: int) -> tuple[float, float] | None:
+        """(clipped fraction, sample peak) of one clip window; None past the end."""
+        return (float(self.clipped[window]), float(self.peak[window])) if window < len(self.peak) else None
+
+
+@dataclass(frozen=True)
 class Decoded:
     audio: np.ndarray   # float32 [n], mono, 16 kHz
     native_rate: int
     channels: int
     decoder: str        # "soundfile" | "ffmpeg"
+    source: SourceLevels | None = None
 
     @property
     def seconds(self) -> float:
@@ -172,15 +186,55 @@ def downmix_resample(blocks: Iterable[np.ndarray], in_rate: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
 
 
+class _SourceMeter:
+    """Streams blocks through unchanged while it counts, per clip window, the frames with a channel at clip_level
+    and the sample peak of the native-rate channels (cheap next to the resampler: one abs and max per frame)."""
+
+    def __init__(self, rate: int, clip_level: float):
+        self.frames_per_window = C.CLIP_SAMPLES * rate / C.SAMPLE_RATE
+        self.clip_level = clip_level
+        self.offset = 0
+        self.frames = np.zeros(0, np.int64)
+        self.clipped = np.zeros(0, np.int64)
+        self.peak = np.zeros(0, np.float32)
+
+    def tap(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            self._add(block)
+            yield block
+
+    def _add(self, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        top = np.abs(block).max(axis=1)                        # per frame, over the channels
+        window = ((self.offset + np.arange(len(top))) // self.frames_per_window).astype(np.int64)
+        self.offset += len(top)
+        starts = np.flatnonzero(np.diff(window, prepend=-1))   # windows are contiguous runs of frames
+        index = window[starts]
+        if index[-1] >= len(self.peak):
+            grow = index[-1] + 1 - len(self.peak)
+            self.frames, self.clipped = (np.pad(a, (0, grow)) for a in (self.frames, self.clipped))
+            self.peak = np.pad(self.peak, (0, grow))
+        self.frames[index] += np.diff(np.append(starts, len(top)))
+        self.clipped[index] += np.add.reduceat((top >= self.clip_level).astype(np.int64), starts)
+        self.peak[index] = np.maximum(self.peak[index], np.maximum.reduceat(top, starts))
+
+    def levels(self) -> SourceLevels:
+        return SourceLevels(self.clipped / np.maximum(self.frames, 1), self.peak.copy())
+
+
 def decode(source: AudioSource, *, block_frames: int = BLOCK_FRAMES) -> Decoded:
     """Decode any file to float32 mono 16 kHz, streamed. libsndfile first (WAV/FLAC/OGG/Opus/MP3/AIFF),
     ffmpeg for the rest (AAC/M4A, odd codecs) or when libsndfile fails part-way, on AUDIO_CONTAINERS only.
+    `source` holds each clip window's clipping and sample peak measured on the native channels (SourceLevels).
     Raises DecodeError; NotAudioError (a DecodeError) when the content is a playlist or another non-audio format."""
     errors = []
     for name, open_blocks in (("soundfile", _soundfile_blocks), ("ffmpeg", _ffmpeg_blocks)):
         try:
             rate, channels, blocks = open_blocks(source, block_frames)
-            return Decoded(downmix_resample(blocks, rate), rate, channels, name)
+            meter = _SourceMeter(rate, CLIP_LEVEL)
+            mono = downmix_resample(meter.tap(blocks), rate)
+            return Decoded(mono, rate, channels, name, meter.levels())
         except NotAudioError as err:     # refused by content: never decoded by anything
             raise NotAudioError(err.container, "; ".join([f"{name}: {err}", *errors])) from None
         except Exception as err:  # noqa: BLE001 - each decoder's failure is reported, not raised

@@ -17,9 +17,10 @@ _SILENT_AUDIO.flags.writeable = False
 _UNMEASURED = {"loudness_lufs": float("nan"), "true_peak_dbtp": float("nan"), "clipped_fraction": float("nan")}
 
 
-def clip_loudness(samples: np.ndarray) -> dict[str, float]:
-    """The clip's loudness columns, measured on its real samples before the peak normalisation hides them."""
-    m = loudness.measure(samples)
+def clip_loudness(samples: np.ndarray, source: tuple[float, float] | None = None) -> dict[str, float]:
+    """The clip's loudness columns, measured on its real samples before the peak normalisation hides them; with
+    source (its clipping and peak on the native channels, audio.SourceLevels.at) clipping and peak count those too."""
+    m = loudness.measure(samples, source)
     return {"loudness_lufs": m["lufs"], "true_peak_dbtp": m["true_peak_dbtp"], "clipped_fraction": m["clip_fraction"]}
 
 
@@ -74,13 +75,14 @@ def _decode(uri: str) -> tuple[audio.Decoded | None, dict, str, str]:
         return decoded, read_embedded_tags(path), "", ""
 
 
-def clip_gates(samples: np.ndarray, silence_dbfs: float, min_lufs: float,
-               max_clipped_fraction: float) -> tuple[quality.Gate, dict[str, float]]:
-    """Every gate of one clip's real samples, in order (non_finite, silent, too_quiet, clipped), and its loudness."""
+def clip_gates(samples: np.ndarray, silence_dbfs: float, min_lufs: float, max_clipped_fraction: float,
+               source: tuple[float, float] | None = None) -> tuple[quality.Gate, dict[str, float]]:
+    """Every gate of one clip's real samples, in order (non_finite, silent, too_quiet, clipped), and its loudness
+    (source: see clip_loudness)."""
     reason, detail = quality.clip_gate(samples, silence_dbfs)
     if reason == "non_finite":
         return (reason, detail), dict(_UNMEASURED)
-    measured = clip_loudness(samples)
+    measured = clip_loudness(samples, source)
     if not reason:
         reason, detail = loudness.loudness_gate(measured["loudness_lufs"], measured["true_peak_dbtp"],
                                                 measured["clipped_fraction"], min_lufs=min_lufs,
@@ -111,7 +113,8 @@ def _track_rows(source: dict, min_clip_seconds: float, silence_dbfs: float, min_
     segments = audio.segment(decoded.audio, min_clip_seconds)
     rows = []
     for index, (clip, start, length) in enumerate(zip(segments.clips, segments.starts, segments.lengths)):
-        (reason, detail), measured = clip_gates(clip[:length], silence_dbfs, min_lufs, max_clipped_fraction)
+        (reason, detail), measured = clip_gates(clip[:length], silence_dbfs, min_lufs, max_clipped_fraction,
+                                                decoded.source.at(index) if decoded.source else None)
         rows.append(_row(source, index, start=start / C.SAMPLE_RATE, duration=length / C.SAMPLE_RATE,
                          samples=None if reason else clip, metadata=metadata, measured=measured,
                          stage="quality" if reason else "", reason=reason, detail=detail))

@@ -1,5 +1,6 @@
 """Loudness of decoded audio: EBU R128 integrated loudness, true peak and clipping, and their gate
-(docs/quality.md). Measured on decoded 16 kHz mono audio (the front end: each clip), before any normalisation."""
+(docs/quality.md). Measured on decoded 16 kHz mono audio (the front end: each clip), before any normalisation;
+clipping and peak also on the source channels before the down-mix, when the decoder gives them."""
 from __future__ import annotations
 
 import functools
@@ -71,10 +72,19 @@ def loudness_gate(lufs: float, true_peak: float, clip_fraction: float, *, min_lu
     return PASS
 
 
-def measure(audio16k: np.ndarray) -> dict[str, float]:
-    """{"lufs", "true_peak_dbtp", "clip_fraction"} of a decoded 16 kHz mono track."""
-    return {"lufs": integrated_lufs(audio16k), "true_peak_dbtp": true_peak_dbtp(audio16k),
-            "clip_fraction": clip_fraction(audio16k)}
+def measure(audio16k: np.ndarray, source: tuple[float, float] | None = None) -> dict[str, float]:
+    """{"lufs", "true_peak_dbtp", "clip_fraction"} of decoded 16 kHz mono audio. With `source` (the clip's
+    (clipped fraction, sample peak) on the native channels before the down-mix, audio.SourceLevels) the larger of
+    each pair is kept: a channel clipped alone averages below CLIP_LEVEL in the mono mix, and its sample peak is a
+    lower bound of the source's true peak that the 16 kHz mono true peak can miss."""
+    measured = {"lufs": integrated_lufs(audio16k), "true_peak_dbtp": true_peak_dbtp(audio16k),
+                "clip_fraction": clip_fraction(audio16k)}
+    if source is not None:
+        clipped, peak = source
+        measured["clip_fraction"] = max(measured["clip_fraction"], float(clipped))
+        if peak > 0:
+            measured["true_peak_dbtp"] = max(measured["true_peak_dbtp"], float(20.0 * np.log10(peak)))
+    return measured
 
 
 def loudness_peak(audio: np.ndarray, target_lufs: float = TARGET_LUFS, max_peak: float = 1.0,
