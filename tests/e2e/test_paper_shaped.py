@@ -46,6 +46,7 @@ def test_paper_shaped_kit_through_corpus_training_sampling_and_evaluation(tmp_pa
     write_tone_track(str(music / "b.wav"), seconds=10.5, sr=22_050, channels=1, fmt="wav", seed=22)   # 1 clip
     corpus, runs = str(tmp_path / "corpus"), str(tmp_path / "runs")
 
+    # --fused-actors 1: if the plan is fused, one actor holds all five models (~5 GB); a staged plan ignores it
     log = run_job("prepare_corpus.py", "--input", str(music), "--output", corpus, "--kit", "paper-shaped",
                   "--valid-fraction", "0", "--batch-size", "2", "--fused-actors", "1", "--writers", "1",
                   "--no-near-duplicates")
