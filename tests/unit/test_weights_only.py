@@ -28,3 +28,28 @@ def test_every_torch_load_is_weights_only():
                 calls.append((f"{path.relative_to(REPO)}:{node.lineno}", safe))
     assert calls, "the checkpoint loader is found"
     assert all(safe for _, safe in calls), [where for where, safe in calls if not safe]
+
+
+DCP_READERS = {"pipelines/runs/checkpoints.py", "pipelines/training/checkpoint.py", "benchmarks/checkpoint.py"}
+
+
+def test_dcp_unpickling_is_confined_and_said():
+    """torch.distributed.checkpoint reads .metadata with pickle: only the checkpoint modules use it, each says so
+    in its docstring, the docs never claim every load is weights_only, and they send untrusted weights to releases."""
+    users = set()
+    for path in [*REPO.glob("pipelines/**/*.py"), *REPO.glob("jobs/*.py"), *REPO.glob("model/*.py"),
+                 *REPO.glob("schemas/*.py"), *REPO.glob("benchmarks/*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.startswith("torch.distributed.checkpoint") for n in names):
+                users.add(str(path.relative_to(REPO)))
+    assert users and users <= DCP_READERS, sorted(users - DCP_READERS)
+    for module in ("pipelines/runs/checkpoints.py", "pipelines/training/checkpoint.py"):
+        assert "pickle" in ast.get_docstring(ast.parse((REPO / module).read_text())), module
+    docs = {p.name: " ".join(p.read_text().split()) for p in [REPO / "README.md", *REPO.glob("docs/*.md")]}
+    assert not [name for name, text in docs.items() if "Everything loads with `weights_only=True`" in text
+                or "Everything loads with weights_only=True" in text]
+    for name in ("operations.md", "training.md", "evaluation.md"):
+        assert "Untrusted weights: releases only" in docs[name] or "untrusted weights: releases only" in docs[name], name
