@@ -1,18 +1,44 @@
-"""The process group's rendezvous store listens only on the address its ranks are given (127.0.0.1 locally).
+"""The process group's sockets stay on the address its ranks are given (127.0.0.1 locally).
 
 torch.distributed's env:// rendezvous starts its TCPStore on every interface whatever host it is given; here
 rank 0 binds a socket to (MASTER_ADDR, MASTER_PORT) itself and hands it to the TCPStore (`master_listen_fd`).
+Gloo's pair sockets and NCCL's bootstrap pick their interface from the host name instead (on a LAN host: the
+LAN address); when the rank-0 address is loopback (a local Ray) they are pinned to the loopback interface
+(GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME), unless the user set them. On a real cluster nothing changes.
 The rest is what Ray Train's own torch backend does: a backend by the resources, rank 0's address and a free
 port, the torch environment variables on every worker, then init_process_group on all ranks at once.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from datetime import timedelta
 
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
+
+
+def loopback_interface() -> str:
+    """The name of the interface holding 127.0.0.1 ("lo" on Linux)."""
+    try:
+        import psutil
+
+        for name, addresses in psutil.net_if_addrs().items():
+            if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addresses):
+                return name
+    except ImportError:
+        pass
+    return "lo"
+
+
+def interface_env(addr: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to set so the collectives' sockets use the loopback interface when
+    the rank-0 address is loopback; nothing for any other address or a variable the user set."""
+    if not ipaddress.ip_address(addr).is_loopback:
+        return {}
+    return {name: loopback_interface() for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if name not in environ}
 
 
 def join_process_group(backend: str, addr: str, port: int, world_rank: int, world_size: int, timeout_s: int) -> None:
@@ -20,6 +46,7 @@ def join_process_group(backend: str, addr: str, port: int, world_rank: int, worl
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    os.environ.update(interface_env(addr, os.environ))      # before any group: the async-save group reads them too
     if backend == "nccl":                  # as Ray Train does: fail on a hung collective instead of waiting
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     timeout = timedelta(seconds=timeout_s)
