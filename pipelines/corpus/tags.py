@@ -75,9 +75,9 @@ def signal_descriptors(audio16k: np.ndarray) -> dict:
     Keys: rms_dbfs, and unless silent centroid_hz, chroma_spread, tempo_bpm + pulse_clarity, and for tonal
     (non-flat) chroma key + mode + key_correlation.
     """
-    from pipelines.numba_cache import librosa_module
+    from pipelines.corpus.numba_cache import librosa_module
 
-    librosa = librosa_module()          # never a plain import: numba's cache race (pipelines/numba_cache.py)
+    librosa = librosa_module()          # never a plain import: numba's cache race (pipelines/corpus/numba_cache.py)
     sr = constants.SAMPLE_RATE
     y = np.asarray(audio16k, dtype=np.float32).reshape(-1)
     rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) if y.size else 0.0

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Our way: prepare() says whether this process built the folder, then the descriptors run (loaded from it).
 OURS = """
 import numpy as np
-from pipelines.numba_cache import cache_dir, prepare
+from pipelines.corpus.numba_cache import cache_dir, prepare
 print("built" if prepare(cache_dir()) else "found")
 from pipelines.corpus.tags import signal_descriptors
 noise = np.random.default_rng(1).standard_normal(163840).astype(np.float32) * 0.1

@@ -70,7 +70,7 @@ def prepare(folder: Path) -> bool:
 
 def _compile_and_load(folder: Path) -> str:
     """Compile into folder in one child process and load from it in another; '' if both exit cleanly."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, NUMBA_CACHE_DIR=str(folder), **{_BUILDING: str(folder)},
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
     for step in ("compile", "load"):
