@@ -289,7 +289,7 @@ def normalise(clip: np.ndarray, length: int | None = None) -> np.ndarray:
 
 @functools.cache
 def _mel_basis() -> torch.Tensor:
-    from pipelines.numba_cache import librosa_module
+    from pipelines.corpus.numba_cache import librosa_module
 
     librosa = librosa_module()  # librosa defaults: Slaney mel scale, Slaney area normalisation (spec §1)
     basis = librosa.filters.mel(sr=C.SAMPLE_RATE, n_fft=C.N_FFT, n_mels=C.N_MELS, fmin=C.F_MIN, fmax=C.F_MAX)
