@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.raylocal import init_local_ray
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never download models implicitly (README, "Models")
-    check_inputs(config.inputs)                    # a missing input or kit fails now, before Ray starts
-    load_kit(config.kit)
+    check_inputs(config.inputs)                    # a missing input, kit or model fails now, before Ray starts
+    load_kit(config.kit).check()
     init_local_ray()
     manifest = prepare_corpus(config)
     print("\n" + format_account(manifest))

@@ -28,6 +28,8 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
         "prepare_corpus missing input": ["prepare_corpus", "--input", MISSING, "--output", str(tmp / "o")],
         "prepare_corpus unknown kit": ["prepare_corpus", "--input", str(not_corpus), "--output", str(tmp / "o"),
                                        "--kit", "no-such-kit"],
+        "prepare_corpus kit model missing": ["prepare_corpus", "--input", str(not_corpus), "--output", str(tmp / "o"),
+                                             "--kit", str(tmp / "kit.yaml")],
         "prepare_corpus missing resources file": ["prepare_corpus", "--input", str(not_corpus), "--output",
                                                   str(tmp / "o"), "--resources", MISSING + ".yaml"],
         "prepare_corpus bad stage resources": ["prepare_corpus", "--input", str(not_corpus), "--output",
@@ -76,6 +78,8 @@ def _write_inputs(tmp: Path) -> None:
     (tmp / "corpus" / "corpus").mkdir(parents=True)
     (tmp / "corpus" / "manifest.json").write_text(json.dumps({k: 1 for k in TRAINING_KEYS}))
     (tmp / "notes.txt").write_text("hello")
+    roles = ("vae", "vocoder", "t5", "clap", "llm")
+    (tmp / "kit.yaml").write_text("".join(f"{role}: {MISSING}/{role}\n" for role in roles))     # none exists
     (tmp / "prompts.txt").write_text("calm piano\n")
     tiny = build_model("tiny", context_in_dim=32, vec_in_dim=16, device="meta").to_empty(device="cpu")
     info = {"size": "small", "context_in_dim": 32, "vec_in_dim": 16, "vae_scaling_factor": 0.4, "kit": "tiny"}
@@ -134,6 +138,8 @@ def test_a_users_mistake_is_one_error_line_and_exit_2(inputs, in_subprocesses, c
         assert "does not exist; give a folder, an s3:// prefix" in stderr
     if case == "prepare_corpus unknown kit":
         assert "shipped kits" in stderr
+    if case == "prepare_corpus kit model missing":
+        assert "model(s) missing" in stderr
     if case == "train not a corpus":
         assert "is not a corpus (no manifest.json); give the --output folder" in stderr
     if case == "sample release of another size":
