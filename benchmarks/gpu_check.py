@@ -15,6 +15,8 @@ Parts, in the order they run (a global time guard skips what would pass --budget
            (default the paper-shaped kit: the paper's configs and file layouts, random weights, built on the
            machine in ~1 min, so no hub is needed): VAE encode, CLAP audio + text, T5 encode, clips or captions/s
   compile  the train part again with compile_blocks (torch.compile per block), last: compiling is the slow part
+  captions the transformers caption back end on the device (review D1: its sampler's generators must live
+           beside the scores): the tiny kit's LLM, built here, one batch of 8 clips' chats, per-clip seeds
 Only torch and transformers (+ diffusers if present) are imported: the GPU machine has no ray. The kit part
 also needs diffusers, sentencepiece and soxr (carried wheels, docs/benchmarks.md) and PyYAML.
 """
@@ -422,6 +424,48 @@ def kit_part(plan: Plan, device: torch.device, kit_name: str | None, notes: list
     return result
 
 
+class _FolderLlm:
+    """The one kit method TransformersCaptionWriter uses, over a built model folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load_llm(self, device: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(self.folder).eval().requires_grad_(False).to(device)
+        return model, AutoTokenizer.from_pretrained(self.folder)
+
+
+def captions_part(plan: Plan, device: torch.device) -> dict:
+    """One real batch through the transformers caption back end on the device: every clip must come back with a
+    text (no exception: a CPU generator on CUDA scores raised in torch.multinomial, review D1)."""
+    import tempfile
+
+    from pipelines.corpus.captions.prompts import build_messages, caption_plan, clean_caption
+    from pipelines.corpus.captions.transformers_writer import TransformersCaptionWriter, per_row_sampler
+    from pipelines.models.tiny_kit import BUILDERS
+
+    tags = ["rock", "electric guitar", "fast tempo", "A minor", "loud", "energetic"]
+    plans = [caption_plan(tags, f"0123456789abcdef-{i:05d}", 0) for i in range(8)]
+    chats, seeds = [build_messages(words, task) for task, words, _ in plans], [seed for _, _, seed in plans]
+    with tempfile.TemporaryDirectory() as folder:
+        BUILDERS["llm"](Path(folder))
+        writer = TransformersCaptionWriter(_FolderLlm(Path(folder)), max_new_tokens=16, batch_size=8,
+                                           device=str(device))
+        start = time.perf_counter()
+        texts = writer.write(chats, seeds)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        alone = writer.write(chats[2:3], seeds[2:3])
+    sampler = per_row_sampler([1, 2], 1.0, 0.9, 10)
+    sampler(None, torch.randn(2, 50, device=device))
+    cleaned = [clean_caption(t) for t in texts]
+    return {"clips": len(chats), "texts": len(texts), "usable_after_clean_up": sum(bool(c) for c in cleaned),
+            "seconds_per_batch": round(seconds, 3), "same_alone_as_in_batch": alone == texts[2:3],
+            "generator_devices": sorted({str(g.device) for g in sampler.generators}), "first": cleaned[0][:80]}
+
+
 # ---------------------------------------------------------------- report
 
 def markdown(report: dict) -> str:
@@ -488,8 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU: checks the script, not the GPU")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json when $OUT is set)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="time guard: skip parts past this")
-    parser.add_argument("--parts", nargs="+", default=["sdpa", "train", "vae", "t5", "kit", "compile"],
-                        choices=["sdpa", "train", "vae", "t5", "kit", "compile"])
+    parser.add_argument("--parts", nargs="+", default=["sdpa", "train", "vae", "t5", "kit", "captions", "compile"],
+                        choices=["sdpa", "train", "vae", "t5", "kit", "captions", "compile"])
     parser.add_argument("--kit", default=None,
                         help="kit of the kit part (default: paper-shaped; tiny with --dry-run)")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_BF16_FLOPS / 1e12)
@@ -509,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = output_path(args.out)
     notes: list[str] = []
     report: dict = {"meta": environment(device, peak_flops, args.dry_run), "plan": asdict(plan),
-                    "sdpa": None, "train": [], "vae": None, "t5": None, "kit": None, "compile": [],
+                    "sdpa": None, "train": [], "vae": None, "t5": None, "kit": None, "captions": None, "compile": [],
                     "notes": notes}
 
     def save() -> None:       # after every part: a run cut short still leaves what it measured
@@ -524,6 +568,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("vae", lambda: vae_part(plan, device, budget, notes)),
         ("t5", lambda: t5_part(plan, device, peak_flops)),
         ("kit", lambda: kit_part(plan, device, args.kit, notes)),
+        ("captions", lambda: captions_part(plan, device)),
         ("compile", lambda: train_part(plan, device, budget, True, peak_flops, notes)),
     ]
     print(json.dumps(report["meta"]), flush=True)

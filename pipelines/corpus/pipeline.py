@@ -56,7 +56,7 @@ def _staged(ds, config: CorpusConfig, registry, writers: list):
     """An operator per stage with the stage's own CPUs, GPUs, actors and node resources."""
     import ray.data
 
-    from pipelines.corpus.captions import add_vllm_caption_stage
+    from pipelines.corpus.captions import add_vllm_caption_stage, engine_bundle
     from pipelines.corpus.frontend import front_end
     from pipelines.corpus.writer import route_to_writers
 
@@ -69,7 +69,8 @@ def _staged(ds, config: CorpusConfig, registry, writers: list):
     for name, fn, kwargs in clip_steps(config):
         stage = config.stage(name)
         if name == "captions" and config.caption_backend == "vllm":
-            ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, stage.actors), seed=config.seed)
+            ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, stage.actors), seed=config.seed,
+                                        bundle=engine_bundle(stage))   # its CPUs, GPUs and node tag
         elif isinstance(fn, type):           # a model stage: an actor pool, the model loaded once per actor
             ds = ds.map_batches(fn, compute=ray.data.ActorPoolStrategy(size=max(1, stage.actors)),
                                 batch_size=config.batch_size, fn_constructor_kwargs=kwargs, **tasks(name))

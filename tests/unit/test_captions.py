@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.corpus import captions
+from pipelines.corpus.captions import prompts, transformers_writer, vllm_stage
 from pipelines.corpus.captions import (
     CaptionStage,
     build_messages,
@@ -118,7 +119,7 @@ def test_caption_stage_retries_unusable_output_with_new_seeds():
     out = CaptionStage("unused", writer=writer)(_batch([TAGS, TAGS, TAGS]))
     assert list(out["reject_reason"]) == ["", "", ""]
     first, retry = writer.calls
-    assert len(retry) == 1 and retry[0] == captions.retry_seed(first[1], 1) != first[1]     # only the bad clip
+    assert len(retry) == 1 and retry[0] == prompts.retry_seed(first[1], 1) != first[1]     # only the bad clip
     assert out["caption_synthetic"][1] == f"caption with seed {retry[0]}"
     again = FlakyWriter(bad_first={1})
     CaptionStage("unused", writer=again)(_batch([TAGS, TAGS, TAGS]))
@@ -131,14 +132,42 @@ def test_per_row_sampler():
     import torch
 
     scores = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
-    greedy = captions._per_row_sampler([1, 2, 3], temperature=1.0, top_p=1.0, top_k=1)(None, scores)
+    greedy = transformers_writer.per_row_sampler([1, 2, 3], temperature=1.0, top_p=1.0, top_k=1)(None, scores)
     assert torch.equal(greedy.argmax(-1), scores.argmax(-1))
     assert torch.isinf(greedy).sum().item() == 3 * 999          # exactly one allowed token per row
-    draw = lambda seeds: captions._per_row_sampler(seeds, 1.0, 0.9, 50)(None, scores).argmax(-1)  # noqa: E731
+    draw = lambda seeds: transformers_writer.per_row_sampler(seeds, 1.0, 0.9, 50)(None, scores).argmax(-1)  # noqa: E731
     assert torch.equal(draw([5, 6, 7]), draw([5, 6, 7]))
     assert torch.equal(draw([5, 6, 7])[1:], draw([9, 6, 7])[1:])  # a row's draw depends on its own seed only
-    picks = {int(captions._per_row_sampler([s], 1.0, 0.9, 50)(None, scores[:1]).argmax()) for s in range(40)}
+    picks = {int(transformers_writer.per_row_sampler([s], 1.0, 0.9, 50)(None, scores[:1]).argmax()) for s in range(40)}
     assert len(picks) > 3 and picks <= set(scores[0].topk(50).indices.tolist())
+
+
+def test_generator_for_is_seeded_on_the_given_device():
+    import torch
+
+    g = transformers_writer.generator_for(torch.device("cpu"), 7)
+    assert g.device == torch.device("cpu")
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=torch.Generator().manual_seed(7)))
+
+
+def test_sampler_makes_its_generators_on_the_device_of_the_scores(monkeypatch):
+    """Review D1: CPU generators on CUDA scores make torch.multinomial raise, so every caption became llm_error.
+    The sampler must ask generator_for for the scores' device ("meta" here: a non-CPU device every build has)."""
+    import torch
+
+    asked = []
+
+    def recording(device, seed):
+        asked.append((device, seed))
+        return torch.Generator().manual_seed(seed)   # meta tensors accept any generator: only the request counts
+
+    monkeypatch.setattr(transformers_writer, "generator_for", recording)
+    scores = torch.randn(2, 50, device="meta")
+    out = transformers_writer.per_row_sampler([3, 4], 1.0, 0.9, 10)(None, scores)
+    assert out.device == scores.device and out.shape == scores.shape
+    assert asked == [(scores.device, 3), (scores.device, 4)]
+    transformers_writer.per_row_sampler([5], 1.0, 0.9, 10)(None, torch.randn(1, 50))
+    assert asked[-1] == (torch.device("cpu"), 5)
 
 
 @pytest.fixture(scope="module")
@@ -192,21 +221,21 @@ def test_mix_without_original_and_rejected_rows():
 def test_vllm_request_and_result_mapping():
     row = {"clip_id": "0123456789abcdef-00002", "tags": TAGS, "reject_reason": "", "reject_stage": "",
            "reject_detail": "", "caption_original": None}
-    request = captions._vllm_request(row, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9, top_k=50)
+    request = vllm_stage._vllm_request(row, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9, top_k=50)
     task, words, sample_seed = caption_plan(TAGS, row["clip_id"], 0)
     assert request["messages"] == build_messages(words, task)
     assert request["sampling_params"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "seed": sample_seed,
                                           "max_tokens": 40}
     engine_row = {**row, **request, "generated_text": "  A loud rock song.\n\nextra", "num_generated_tokens": 9}
-    result = captions._vllm_result(engine_row)
+    result = vllm_stage._vllm_result(engine_row)
     assert set(result) == set(row) | {"caption_synthetic"} and result["caption_synthetic"] == "A loud rock song."
-    assert captions._vllm_result({**engine_row, "generated_text": " "})["reject_reason"] == "caption_empty"
-    failed = captions._vllm_result({**engine_row, "__inference_error__": "CUDA out of memory"})
+    assert vllm_stage._vllm_result({**engine_row, "generated_text": " "})["reject_reason"] == "caption_empty"
+    failed = vllm_stage._vllm_result({**engine_row, "__inference_error__": "CUDA out of memory"})
     assert (failed["reject_reason"], failed["reject_stage"]) == ("llm_error", "caption")
     tagless = {**row, "tags": []}
-    tagless_request = captions._vllm_request(tagless, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9, top_k=50)
+    tagless_request = vllm_stage._vllm_request(tagless, seed=0, max_new_tokens=40, temperature=0.7, top_p=0.9, top_k=50)
     assert tagless_request["sampling_params"]["max_tokens"] == 1
-    assert captions._vllm_result({**tagless, **tagless_request, "generated_text": "x y z"})["reject_reason"] == "no_tags"
+    assert vllm_stage._vllm_result({**tagless, **tagless_request, "generated_text": "x y z"})["reject_reason"] == "no_tags"
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_gpu_nodes_get_cuda_torch_and_vllm_stays_apart(cluster):
     assert "whl/cpu" in " ".join(types["cpu"]["worker_setup_commands"])
     main_env = [c for c in types["gpu_infer"]["worker_setup_commands"] if "~/venv/" in c]
     assert not any("[gpu]" in c or "vllm" in c for c in main_env)
-    assert any("venv-vllm" in c and "[gpu]" in c for c in types["gpu_infer"]["worker_setup_commands"])
+    assert any("venv-vllm" in c and "vllm==" in c for c in types["gpu_infer"]["worker_setup_commands"])
 
 
 def test_dashboard_on_loopback(cluster):
@@ -101,3 +101,39 @@ def test_stage_resources_request_what_the_node_types_define(cluster):
         assert resources.cpus <= node["CPU"]
         requested.add(name)
     assert {r for r in defined if r.startswith("corpus_")} == requested
+
+
+def _ray_llm_vllm_pin() -> str:
+    """The vllm version the installed Ray's own `llm` extra pins (its dist-info METADATA)."""
+    from importlib.metadata import requires
+
+    pins = [r for r in requires("ray") if r.startswith("vllm") and 'extra == "llm"' in r]
+    assert pins, "Ray's llm extra names no vllm"
+    return re.search(r"==\s*([0-9][^;,\s]*)", pins[0]).group(1)
+
+
+def test_vllm_venv_matches_rays_pin_and_is_what_the_engine_runs(cluster):
+    """~/venv-vllm on gpu_infer holds the vllm Ray's llm extra pins (also pyproject's `gpu` extra) and this Ray, the
+    caption engine actors run in it (py_executable), and their bundle carries the corpus_gpu tag of gpu_infer."""
+    import tomllib
+    from importlib.metadata import version
+
+    from pipelines.corpus.captions.vllm_stage import CLUSTER_VLLM_PYTHON, engine_bundle, engine_runtime_env
+    from pipelines.corpus.config import CorpusConfig, load_stage_resources
+
+    pin = _ray_llm_vllm_pin()
+    pyproject = tomllib.loads((CLUSTER_YAML.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["gpu"] == [f"vllm=={pin}"]
+    setup = [c for c in cluster["available_node_types"]["gpu_infer"]["worker_setup_commands"] if "venv-vllm" in c]
+    install = " ".join(c for c in setup if "pip install" in c)
+    assert f'"vllm=={pin}"' in install and f'"ray[data]=={version("ray")}"' in install
+    assert "fluxmusic-pipeline" not in install      # the package pins torch for the main env; vLLM pins its own
+    venv = CLUSTER_VLLM_PYTHON.removesuffix("/bin/python")
+    assert any(f"uv venv -q --python 3.11 {venv}" in c for c in setup)
+    stages = load_stage_resources((CLUSTER_YAML.parent / "corpus_resources.yaml").read_text())
+    bundle = engine_bundle(CorpusConfig(inputs=[], output="x", stage_resources=stages).stage("captions"))
+    gpu_infer = cluster["available_node_types"]["gpu_infer"]["resources"]
+    assert bundle["GPU"] >= 1 and 0 < bundle["corpus_gpu"] <= gpu_infer["corpus_gpu"]
+    assert set(bundle) - {"CPU", "GPU"} == {"corpus_gpu"}   # never train_node: no p5 for captions
+    assert engine_runtime_env(bundle, python=CLUSTER_VLLM_PYTHON) == {"py_executable": CLUSTER_VLLM_PYTHON}
+    assert ".venv-vllm" in cluster["rsync_exclude"]
