@@ -40,6 +40,9 @@ def test_dry_run_writes_every_section(tmp_path):
                        ("t5_encode", "captions")):
         assert kit[name][f"{unit}_per_s"] > 0, kit[name]
     assert "| kit tiny | t5_encode b2 |" in run.stdout
+    # the caption part: one batch through the transformers back end, generators beside the scores (review D1)
+    captions = report["captions"]
+    assert captions["texts"] == captions["clips"] == 8 and captions["generator_devices"] == ["cpu"], captions
 
 
 def test_vae_config_is_the_corpus_benchmarks_and_t5_flops_match_the_spec():
