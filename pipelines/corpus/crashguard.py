@@ -19,6 +19,7 @@ stage on a matching file die by that real signal (default SIGSEGV). Off when uns
 from __future__ import annotations
 
 import faulthandler
+import importlib
 import os
 import pickle
 import signal
@@ -41,7 +42,20 @@ RAY_RETRIES = 3             # Ray's own retries of our tasks / restarts of our a
 WORKER_CRASH = "worker_crash"
 INJECT_ENV = "FLUXMUSIC_INJECT_CRASH"
 
-Spec = tuple[str, Callable, dict[str, Any]]     # (stage name, callable class or function, its kwargs)
+Spec = tuple[str, Callable | str, dict[str, Any]]   # (stage, class or function or its "module:qualname", kwargs)
+
+
+def ref(fn: Callable) -> str:
+    """fn as "module:qualname": what a parent hands its child, so the parent never imports the stage's module
+    (torch, the models' libraries) just to pass the stage on."""
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def resolve(fn: Callable | str) -> Callable:
+    if not isinstance(fn, str):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class WorkerCrash(Exception):
@@ -229,6 +243,7 @@ class Context:
         if key not in self.steps:
             name, fn, kwargs = spec
             self.stage(name)
+            fn = resolve(fn)
             self.steps[key] = fn(**kwargs) if isinstance(fn, type) else _bind(fn, kwargs)
         return self.steps[key]
 
@@ -325,8 +340,9 @@ def run_step(ctx: Context, spec: Spec, batch: dict) -> tuple[list[str], dict]:
     the parent already holds do not cross the socket back."""
     step = ctx.ready(spec)
     ctx.stage(spec[0], live_uris(batch))
+    given = dict(batch)                  # before the stage: some add their columns to the dict they are given
     out = step(batch)
-    return list(out), {k: v for k, v in out.items() if k not in batch or v is not batch[k]}
+    return list(out), {k: v for k, v in out.items() if k not in given or v is not given[k]}
 
 
 def _merge(batch: dict, result: tuple[list[str], dict]) -> dict:
@@ -365,7 +381,7 @@ class GuardedStep:
     `guarded_step` makes a subclass per stage named like the stage class (Ray names operators after it)."""
 
     spec_stage: str = ""
-    spec_class: type = object
+    spec_class: str = ""            # "module:qualname" of the stage class (resolved in the child only)
 
     def __init__(self, **kwargs):
         self.domain = process_domain()
@@ -387,12 +403,13 @@ def prepare(ctx: Context, specs: list[Spec]) -> None:
 def guarded_step(stage: str, fn: Callable) -> Callable:
     """fn (a stage class or function on batches) run in the crash domain, under fn's own name (Ray Data names its
     operators and fuses them by it)."""
+    target = ref(fn)
     if isinstance(fn, type):
-        return type(fn.__name__, (GuardedStep,), {"spec_stage": stage, "spec_class": fn, "__module__": __name__,
+        return type(fn.__name__, (GuardedStep,), {"spec_stage": stage, "spec_class": target, "__module__": __name__,
                                                  "__qualname__": fn.__name__})
 
     def run(batch: dict, **kwargs) -> dict:
-        return guarded_batch(process_domain(), (stage, fn, kwargs), batch)
+        return guarded_batch(process_domain(), (stage, target, kwargs), batch)
 
     run.__name__ = run.__qualname__ = fn.__name__
     return run
