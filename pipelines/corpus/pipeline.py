@@ -43,9 +43,13 @@ def clip_steps(config: CorpusConfig) -> list[tuple[str, Callable, dict]]:
 
 
 def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: list):
-    """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy), in the config's plan."""
+    """The streamed Ray Data pipeline from discovered tracks to writer summaries (lazy), in the config's plan.
+    A track that killed the dedup pre-pass carries its crash detail ("crashed") and is quarantined, not decoded."""
+    import ray
     import ray.data
 
+    crashed = ray.get(registry.crashes.remote()) if registry is not None else {}
+    sources = [dict(s, crashed=crashed.get(s["track_id"], "")) for s in sources]
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     if resolve_plan(config) == "fused":
         return _fused(ds, config, registry, writers)
@@ -53,17 +57,26 @@ def build_dataset(config: CorpusConfig, sources: list[dict], registry, writers: 
 
 
 def _staged(ds, config: CorpusConfig, registry, writers: list):
-    """An operator per stage with the stage's own CPUs, GPUs, actors and node resources."""
+    """An operator per stage with the stage's own CPUs, GPUs, actors and node resources. Every stage but vLLM's
+    runs in its worker's crash domain (crashguard.guarded_step; the front end's decode in front_end itself), and
+    Ray retries a task or restarts an actor that dies anyway at most RAY_RETRIES times."""
     import ray.data
 
-    from pipelines.corpus.captions import add_vllm_caption_stage, engine_bundle
+    from pipelines.corpus.captions import add_vllm_caption_stage
+    from pipelines.corpus.crashguard import RAY_RETRIES, guarded_step, engine_bundle
     from pipelines.corpus.frontend import front_end
     from pipelines.corpus.writer import route_to_writers
 
     env = _worker_env()
 
-    def tasks(name: str) -> dict:
-        return dict(config.stage(name).ray_options(), **env)
+    def tasks(name: str, actors: bool = False) -> dict:
+        options = dict(config.stage(name).ray_options(), **env)
+        # Ray fuses the mix into the T5 actors only if their remote args are equal, and a task cannot take an actor's
+        # retry options: that pair keeps Ray's defaults (their code still runs in the crash domain).
+        if name == "text" or (name == "mix" and config.stage("mix") == config.stage("text")):
+            return options
+        retries = dict(max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES) if actors else dict(max_retries=RAY_RETRIES)
+        return dict(options, **retries)
 
     ds = ds.flat_map(front_end, fn_kwargs=dict(registry=registry, **front_end_gates(config)), **tasks("frontend"))
     for name, fn, kwargs in clip_steps(config):
@@ -72,27 +85,31 @@ def _staged(ds, config: CorpusConfig, registry, writers: list):
             ds = add_vllm_caption_stage(ds, config.kit, concurrency=max(1, stage.actors), seed=config.seed,
                                         bundle=engine_bundle(stage))   # its CPUs, GPUs and node tag
         elif isinstance(fn, type):           # a model stage: an actor pool, the model loaded once per actor
-            ds = ds.map_batches(fn, compute=ray.data.ActorPoolStrategy(size=max(1, stage.actors)),
-                                batch_size=config.batch_size, fn_constructor_kwargs=kwargs, **tasks(name))
+            ds = ds.map_batches(guarded_step(name, fn), compute=ray.data.ActorPoolStrategy(size=max(1, stage.actors)),
+                                batch_size=config.batch_size, fn_constructor_kwargs=kwargs, **tasks(name, actors=True))
         else:                                # CPU tasks; Ray fuses neighbours with equal resources into one
-            ds = ds.map_batches(fn, batch_size=config.batch_size, fn_kwargs=kwargs, **tasks(name))
+            ds = ds.map_batches(guarded_step(name, fn), batch_size=config.batch_size, fn_kwargs=kwargs, **tasks(name))
     # The writer stage's tasks are light (Arrow conversion): the actors hold the shards and the CPUs for zstd.
     # One row group a task: a task per model batch cost more than the conversion (benchmarks/corpus_scale.py).
-    return ds.map_batches(route_to_writers, batch_size=max(config.batch_size, config.row_group_rows), num_cpus=0.1, **env,
+    return ds.map_batches(route_to_writers, batch_size=max(config.batch_size, config.row_group_rows), num_cpus=0.1, max_retries=RAY_RETRIES, **env,
                           fn_kwargs=dict(writers=writers, valid_fraction=config.valid_fraction))
 
 
 def _fused(ds, config: CorpusConfig, registry, writers: list):
-    """One pool of 1-CPU TrackWorker actors, each taking whole tracks through every stage to the writers."""
+    """One pool of 1-CPU TrackWorker actors, each taking whole tracks through every stage to the writers (in its
+    crash domain); Ray restarts an actor that dies anyway, and retries its track, at most RAY_RETRIES times."""
     import ray.data
 
+    from pipelines.corpus.crashguard import RAY_RETRIES, ref
     from pipelines.corpus.fused import TrackWorker
 
-    worker = dict(steps=clip_steps(config), front_end_kwargs=dict(registry=registry, **front_end_gates(config)),
+    steps = [(name, ref(fn), kwargs) for name, fn, kwargs in clip_steps(config)]    # the models' modules: child only
+    worker = dict(steps=steps, front_end_kwargs=dict(registry=registry, **front_end_gates(config)),
                   writers=writers, valid_fraction=config.valid_fraction, batch_size=config.batch_size,
                   group_rows=config.row_group_rows)
     return ds.map_batches(TrackWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=fused_actors(config)),
-                          fn_constructor_kwargs=worker, num_cpus=FUSED_CPUS, **_worker_env())
+                          fn_constructor_kwargs=worker, num_cpus=FUSED_CPUS, max_restarts=RAY_RETRIES,
+                          max_task_retries=RAY_RETRIES, **_worker_env())
 
 
 def fused_actors(config: CorpusConfig) -> int:
@@ -109,8 +126,10 @@ def fused_actors(config: CorpusConfig) -> int:
 def _worker_env() -> dict:
     """The S3 variables of this process for the stages that read or write storage: workers of a Ray started
     before they were set (a notebook, a test session) would otherwise not see them. Empty on a cluster
-    whose nodes use an instance profile."""
-    env = storage.ray_worker_env()
+    whose nodes use an instance profile. The test-only fault hook (FLUXMUSIC_INJECT_CRASH) travels the same way."""
+    from pipelines.corpus.crashguard import inject_env
+
+    env = {**storage.ray_worker_env(), **inject_env()}
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
