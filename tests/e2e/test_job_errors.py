@@ -45,6 +45,8 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
                                              "--output", str(tmp / "s")],
         "sample release of another size": ["sample", "--checkpoint", str(release / "ema.safetensors"),
                                            "--prompt", "x", "--output", str(tmp / "s"), "--device", "cpu"],
+        "sample kit does not fit the checkpoint": ["sample", "--checkpoint", str(tmp / "other-dims"), "--prompt", "x",
+                                                   "--output", str(tmp / "s"), "--device", "cpu"],
         "sample missing prompts file": ["sample", "--checkpoint", str(release), "--prompts", MISSING + ".txt",
                                         "--output", str(tmp / "s")],
         "sample bad encoders": ["sample", "--checkpoint", str(release), "--prompt", "x", "--encoders", "t5,vae",
@@ -68,7 +70,8 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
 
 def _write_inputs(tmp: Path) -> None:
     """A folder that is not a corpus, a corpus-shaped folder (manifest.json with the training keys, no data),
-    a text file, a prompt file, and a release whose config.json names another size than its weights."""
+    a text file, a prompt file, a kit of missing models, a release whose config.json names another size than its
+    weights, and one whose text dimensions are not the tiny kit's."""
     from model import build_model
     from pipelines.runs.release import write_release
     from schemas.manifest import TRAINING_KEYS
@@ -84,6 +87,7 @@ def _write_inputs(tmp: Path) -> None:
     tiny = build_model("tiny", context_in_dim=32, vec_in_dim=16, device="meta").to_empty(device="cpu")
     info = {"size": "small", "context_in_dim": 32, "vec_in_dim": 16, "vae_scaling_factor": 0.4, "kit": "tiny"}
     write_release(str(tmp / "release"), info, {"ema": tiny.state_dict(), "model": tiny.state_dict()}, 1, "test")
+    write_release(str(tmp / "other-dims"), {**info, "size": "tiny"}, {"ema": tiny.state_dict()}, 1, "test")
 
 
 # One case per job runs as the README runs it, in its own process; the others run main() in this one (same
@@ -91,6 +95,8 @@ def _write_inputs(tmp: Path) -> None:
 IN_PROCESS_OF = ("prepare_corpus missing input", "train missing data", "sample missing checkpoint",
                  "evaluate missing checkpoint", "export_weights missing weights file", "report not a corpus",
                  "check_overlap missing corpus", "make_demo_corpus output is a file")
+
+AFTER_MODELS_LOAD = ("sample kit does not fit the checkpoint",)
 
 
 def _subprocess(argv: list[str]) -> tuple[int, str]:
@@ -132,8 +138,10 @@ def test_a_users_mistake_is_one_error_line_and_exit_2(inputs, in_subprocesses, c
     code, stderr = in_subprocesses[case] if case in in_subprocesses else _in_process(inputs[case], capsys)
     assert code == 2, (code, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-2000:]
-    # ours: stderr is the one line `error: ...`; argparse's: its usage, then `prog: error: ...`
-    assert stderr.startswith("error: ") or (stderr.startswith("usage: ") and ": error: " in stderr), stderr[-2000:]
+    # ours: stderr is `error: ...` (a kit's missing models: one more line each); argparse's: its usage, then
+    # `prog: error: ...`. A mistake found once the models load follows their loading bars (transformers, stderr).
+    told = stderr[stderr.index("error: "):] if case in AFTER_MODELS_LOAD and "error: " in stderr else stderr
+    assert told.startswith("error: ") or (told.startswith("usage: ") and ": error: " in told), stderr[-2000:]
     if case == "prepare_corpus missing input":
         assert "does not exist; give a folder, an s3:// prefix" in stderr
     if case == "prepare_corpus unknown kit":
@@ -144,6 +152,8 @@ def test_a_users_mistake_is_one_error_line_and_exit_2(inputs, in_subprocesses, c
         assert "is not a corpus (no manifest.json); give the --output folder" in stderr
     if case == "sample release of another size":
         assert "does not fit the FluxMusic small" in stderr
+    if case == "sample kit does not fit the checkpoint":      # the tiny kit's T5 / CLAP give 64 / 32 dims
+        assert "use the kit it was trained with" in stderr
     if case == "sample missing checkpoint":
         assert "model.safetensors" in stderr                   # names every form
 
