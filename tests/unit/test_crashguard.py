@@ -119,7 +119,7 @@ def test_guarded_batch_quarantines_only_the_culprit(domain, monkeypatch):
     # a stage that does not crash returns only what it made; the rest is the parent's own arrays
     monkeypatch.delenv(crashguard.INJECT_ENV)
     domain.stop()                                             # a child reads the hook from its start environment
-    clean = crashguard.guarded_batch(domain, ("mel", double, {}), batch)
+    clean = crashguard.guarded_batch(domain, ("mel", crashguard.ref(double), {}), batch)    # by name, as the plans pass it
     assert clean["x"] is batch["x"] and list(clean["reject_reason"]) == ["", "", ""]
 
 
