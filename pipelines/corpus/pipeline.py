@@ -62,8 +62,8 @@ def _staged(ds, config: CorpusConfig, registry, writers: list):
     Ray retries a task or restarts an actor that dies anyway at most RAY_RETRIES times."""
     import ray.data
 
-    from pipelines.corpus.captions import add_vllm_caption_stage
-    from pipelines.corpus.crashguard import RAY_RETRIES, guarded_step, engine_bundle
+    from pipelines.corpus.captions import add_vllm_caption_stage, engine_bundle
+    from pipelines.corpus.crashguard import RAY_RETRIES, guarded_step
     from pipelines.corpus.frontend import front_end
     from pipelines.corpus.writer import route_to_writers
 
