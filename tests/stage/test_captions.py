@@ -40,11 +40,11 @@ def test_vllm_processor_places_the_engine_and_keeps_light_stages_home(ray_local)
     1024; the chat-template/tokenize/detokenize stages stay in the main environment."""
     python = str(vllm_stage.LOCAL_VLLM_PYTHON)
     gpu = vllm_stage.caption_processor("tiny", bundle={"CPU": 2, "GPU": 1, "corpus_gpu": 0.01},
-                                       runtime_env={"py_executable": "~/venv-vllm/bin/python"})
+                                       runtime_env={"py_executable": sys.executable})   # one node: must exist
     engine = gpu.get_stage_by_name("vLLMEngineStage")
     kwargs, engine_kwargs = engine.map_batches_kwargs, engine.fn_constructor_kwargs["engine_kwargs"]
     assert (kwargs["num_cpus"], kwargs["num_gpus"], kwargs["resources"]) == (2, 1, {"corpus_gpu": 0.01})
-    assert kwargs["runtime_env"] == {"py_executable": "~/venv-vllm/bin/python"}
+    assert kwargs["runtime_env"] == {"py_executable": sys.executable}
     assert engine_kwargs["max_model_len"] == 1024 and engine_kwargs["gpu_memory_utilization"] == 0.85
     for name in ("ChatTemplateStage", "TokenizeStage", "DetokenizeStage"):
         assert gpu.get_stage_by_name(name).map_batches_kwargs["runtime_env"] == {}
