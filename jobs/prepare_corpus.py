@@ -12,7 +12,9 @@ Re-running on the same OUTPUT skips what is complete and adds new inputs.
 
 Two plans run the stages (--plan): "staged", a Ray Data operator per stage with its own resources (--stage-resources,
 --resources; GPU clusters), and "fused", a pool of 1-CPU actors each taking whole tracks through every stage (CPU-only
-runs). The default, auto, is fused unless a stage resource is declared or captions use vLLM (docs/architecture.md).
+runs). The default, auto, is staged when the cluster has GPUs (the model stages share them), when the kit is not a CPU
+kit (paper: one actor per model stage), when a stage resource is declared or captions use vLLM; fused otherwise
+(tiny or cpu-real on CPUs). The job's first lines say which plan and placement it chose (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -28,13 +30,9 @@ from pipelines.corpus import loudness  # noqa: E402
 from jobs.cli import run_job  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
 from pipelines.corpus.check import check_inputs  # noqa: E402
-from pipelines.corpus.config import (  # noqa: E402
-    CorpusConfig,
-    load_stage_resources,
-    parse_stage_resources,
-    resolve_plan,
-)
+from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources  # noqa: E402
 from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
+from pipelines.corpus.placement import check_plan  # noqa: E402
 from pipelines.corpus.report import write_report  # noqa: E402
 from schemas import constants  # noqa: E402
 
@@ -81,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
     p.add_argument("--actors-per-stage", type=int, default=defaults.actors_per_stage,
                    help="actor-pool size of each model stage (VAE, tags, captions, text encoders; default: %(default)s)")
     p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor,
-                   help="GPUs per model-stage actor: 0 runs the models on CPU (default: %(default)s)")
+                   help="GPUs per model-stage actor; 0 runs the models on CPU (default: the cluster's GPUs shared out "
+                        "among the model stages, none without GPUs)")
     p.add_argument("--cpus-per-actor", type=float, default=defaults.cpus_per_actor,
                    help="CPUs reserved per model-stage actor (fractional on small machines; default: %(default)s)")
     p.add_argument("--writers", type=int, default=2,
@@ -94,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                    help="Parquet row group size of the shards (default: %(default)s)")
     p.add_argument("--plan", choices=corpus_config.PLANS, default=defaults.plan,
                    help="staged: an operator per stage with its own resources; fused: actors that each take a track "
-                        "through every stage; auto: fused unless a stage resource is declared or captions use vLLM "
-                        "(default: %(default)s)")
+                        "through every stage (CPU kits only); auto: staged with GPUs in the cluster, a kit that is not "
+                        "a CPU kit, declared stage resources or vLLM, fused otherwise (default: %(default)s)")
     p.add_argument("--fused-actors", type=int, default=defaults.fused_actors, metavar="N",
                    help="actors of the fused plan, 1 CPU each (default: one per CPU Ray has beside the writers, at most "
                         "one per core on a one-node Ray)")
@@ -132,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> CorpusConfig:
                         shard_bytes=int(a.shard_mb * 2**20), row_group_rows=a.row_group_rows, stage_resources=stages,
                         plan=a.plan, fused_actors=a.fused_actors)
     try:
-        resolve_plan(config)
+        check_plan(config)
     except ValueError as error:
         p.error(str(error))
     return config

@@ -1,6 +1,7 @@
 """What a corpus run is asked to do: `CorpusConfig` (inputs, output, kit, gates, caption mix, shards, resources, plan)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from pipelines.corpus import fingerprint, loudness
@@ -19,9 +20,12 @@ ROW_GROUP_ROWS = 64
 QUARANTINE_SHARD_ROWS = 8192   # quarantine rows are a few hundred bytes: sharded by count alone
 
 # How the stages run (docs/architecture.md "Two plans"): "staged", a Ray Data operator per stage with its own
-# resources (GPU clusters); "fused", one pool of 1-CPU actors each taking a track through every stage (CPU-only
-# runs: no hops between stages, the models loaded once per actor); "auto" picks fused unless a resource is declared.
+# resources; "fused", one pool of 1-CPU actors each taking a track through every stage (no hops between stages, the
+# models loaded once per actor: CPU-only runs with a CPU kit); "auto": placement.place decides from kit and cluster.
 PLANS = ("auto", "fused", "staged")
+# Ray leaves CUDA_VISIBLE_DEVICES alone for a worker that asks for no GPU, which then sees every GPU of its node:
+# 0-GPU stages set it empty (an explicit value wins even over Ray's own assignment, so never on GPU stages).
+HIDE_CUDA = {"CUDA_VISIBLE_DEVICES": ""}
 FUSED_CPUS = 1.0               # one core's work: every stage in turn, 1 torch / BLAS thread, as Ray sets for 1 CPU
 
 
@@ -35,8 +39,9 @@ class StageResources:
     memory: int = 0
     resources: dict[str, float] = field(default_factory=dict)
 
-    def ray_options(self) -> dict:
-        """num_cpus / num_gpus / memory / resources as map_batches and .options() take them."""
+    def ray_options(self, env: Mapping[str, str] | None = None) -> dict:
+        """num_cpus / num_gpus / memory / resources as map_batches and .options() take them, and as runtime_env
+        env_vars `env` plus, without a GPU, HIDE_CUDA (Ray merges them with the job's own env_vars)."""
         out: dict = {"num_cpus": self.cpus}
         if self.gpus:
             out["num_gpus"] = self.gpus
@@ -44,6 +49,9 @@ class StageResources:
             out["memory"] = self.memory
         if self.resources:
             out["resources"] = dict(self.resources)
+        env_vars = {**(env or {}), **({} if self.gpus else HIDE_CUDA)}
+        if env_vars:
+            out["runtime_env"] = {"env_vars": env_vars}
         return out
 
 
@@ -66,14 +74,14 @@ class CorpusConfig:
     batch_size: int = 8
     actors_per_stage: int = 1              # defaults of the model stages; stage_resources overrides per stage
     cpus_per_actor: float = 0.5            # fractional: whole-CPU actors starve the CPU tasks on small machines
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None    # None: placement shares the cluster's GPUs out; 0: models on CPU
     writers: int = 2                       # writer actors, each filling its own shards
     shard_rows: int = SHARD_ROWS
     shard_bytes: int = SHARD_BYTES
     row_group_rows: int = ROW_GROUP_ROWS
     quarantine_shard_rows: int = QUARANTINE_SHARD_ROWS
     stage_resources: dict[str, dict] = field(default_factory=dict)   # stage -> StageResources fields
-    plan: str = "auto"                     # PLANS: fused, staged, or auto (resolve_plan)
+    plan: str = "auto"                     # PLANS: fused, staged, or auto (placement.place)
     fused_actors: int = 0                  # the fused plan's actors; 0: one per CPU Ray has beside the writers
 
     def stage(self, name: str) -> StageResources:
@@ -82,23 +90,6 @@ class CorpusConfig:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
         base = mix_resources(self) if name == "mix" else default_resources(self)[name]
         return StageResources(**{**asdict(base), **self.stage_resources.get(name, {})})
-
-
-def resolve_plan(config: CorpusConfig) -> str:
-    """"fused" or "staged". auto: fused on a CPU-only run with the default resources, staged as soon as any stage
-    resource is declared (stage overrides, a resources file, model-stage actors/CPUs/GPUs) or captions use vLLM:
-    placing stages on their own nodes and GPUs is what the staged plan is for."""
-    if config.plan not in PLANS:
-        raise ValueError(f"unknown plan {config.plan!r}; plans: {', '.join(PLANS)}")
-    if config.plan == "fused" and config.caption_backend == "vllm":
-        raise ValueError("the vllm caption back end is a Ray Data stage of its own: it needs plan 'staged' (or 'auto')")
-    if config.plan != "auto":
-        return config.plan
-    defaults = CorpusConfig(inputs=[], output="")
-    declared = (config.stage_resources or config.caption_backend == "vllm"
-                or (config.actors_per_stage, config.cpus_per_actor, config.gpus_per_actor)
-                != (defaults.actors_per_stage, defaults.cpus_per_actor, defaults.gpus_per_actor))
-    return "staged" if declared else "fused"
 
 
 def fused_pool_size(config: CorpusConfig, ray_cpus: float, cores: int | None = None) -> int:
@@ -119,8 +110,9 @@ def front_end_gates(config: CorpusConfig) -> dict[str, float]:
 
 
 def default_resources(config: CorpusConfig) -> dict[str, StageResources]:
-    """Model stages: an actor pool each (actors_per_stage x cpus/gpus_per_actor); CPU stages: tasks."""
-    model = dict(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.actors_per_stage)
+    """Model stages: an actor pool each (actors_per_stage x cpus/gpus_per_actor); CPU stages: tasks. GPUs the
+    cluster has are shared out by placement.place, not here."""
+    model = dict(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor or 0.0, actors=config.actors_per_stage)
     return {"frontend": StageResources(cpus=1.0), "mel": StageResources(cpus=1.0),
             "descriptors": StageResources(cpus=1.0),
             **{name: StageResources(**model) for name in MODEL_STAGES},

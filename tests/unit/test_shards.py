@@ -8,13 +8,7 @@ import pytest
 
 from pipelines import storage
 from pipelines.corpus.account import latent_stats
-from pipelines.corpus.config import (
-    CorpusConfig,
-    fused_pool_size,
-    load_stage_resources,
-    parse_stage_resources,
-    resolve_plan,
-)
+from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources
 from pipelines.corpus.index import OutputIndex, sum_map, track_items
 from pipelines.corpus.ledger import ledger_of
 from pipelines.corpus.writer import ShardWriter, batch_tables
@@ -145,30 +139,6 @@ def test_stage_resources_from_flags_and_file():
         parse_stage_resources(["nope=cpus:1"])
     with pytest.raises(ValueError):
         load_stage_resources("vae: {gpu: 1}")
-
-
-def test_plan_is_fused_on_a_default_cpu_run_and_staged_once_resources_are_declared():
-    def plan(**fields) -> str:
-        return resolve_plan(CorpusConfig(inputs=[], output="x", **fields))
-
-    assert plan() == "fused" and plan(writers=4) == "fused"
-    for declared in ({"stage_resources": {"vae": {"gpus": 1.0}}}, {"gpus_per_actor": 0.5}, {"actors_per_stage": 2},
-                     {"cpus_per_actor": 1.0}, {"caption_backend": "vllm"}):
-        assert plan(**declared) == "staged", declared
-    assert plan(plan="staged") == "staged" and plan(plan="fused", actors_per_stage=2) == "fused"
-    with pytest.raises(ValueError, match="vllm"):
-        plan(plan="fused", caption_backend="vllm")
-    with pytest.raises(ValueError, match="plans"):
-        plan(plan="both")
-
-
-def test_fused_pool_is_one_actor_per_cpu_beside_the_writers_at_most_one_per_core():
-    config = CorpusConfig(inputs=[], output="x")                     # 2 writers x 0.25 CPU
-    assert fused_pool_size(config, ray_cpus=4.0, cores=2) == 2        # a local Ray declaring 4 CPUs on 2 cores
-    assert fused_pool_size(config, ray_cpus=4.0) == 3                 # a cluster: its CPUs are cores
-    assert fused_pool_size(config, ray_cpus=64.0, cores=64) == 63
-    assert fused_pool_size(config, ray_cpus=0.5) == 1
-    assert fused_pool_size(CorpusConfig(inputs=[], output="x", fused_actors=5), ray_cpus=4.0, cores=2) == 5
 
 
 def test_training_scan_uses_the_index_and_falls_back_without_it(tmp_path, monkeypatch):
