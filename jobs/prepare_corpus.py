@@ -31,6 +31,7 @@ from jobs.cli import run_job  # noqa: E402
 from pipelines.corpus.account import format_account  # noqa: E402
 from pipelines.corpus.check import check_inputs  # noqa: E402
 from pipelines.corpus.config import CorpusConfig, load_stage_resources, parse_stage_resources  # noqa: E402
+from pipelines.corpus.failures import RunFailed  # noqa: E402
 from pipelines.corpus.pipeline import prepare_corpus  # noqa: E402
 from pipelines.corpus.placement import check_plan  # noqa: E402
 from pipelines.corpus.report import write_report  # noqa: E402
@@ -146,13 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(config.inputs)                    # a missing input, kit or model fails now, before Ray starts
     load_kit(config.kit).check()
     init_local_ray()
-    manifest = prepare_corpus(config)
+    try:
+        manifest = prepare_corpus(config)
+    except RunFailed as failure:      # a stage of ours failed on most clips: what was done is stored
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     print("\n" + format_account(manifest))
     print(f"\nmanifest: {config.output.rstrip('/')}/manifest.json")
     try:        # the corpus is complete either way: a failed data card is reported, not fatal
         print(f"report:   {write_report(config.output)}")
     except Exception as error:  # noqa: BLE001
         print(f"report:   not written ({type(error).__name__}: {error}); retry with jobs/report.py", file=sys.stderr)
+    counts = manifest["counts"]
+    if counts["inputs"] and not counts["clips"]:
+        print(f"error: {counts['inputs']} inputs, but the corpus holds no clip (quarantined: {counts['quarantined']}); "
+              "see the account above and quarantine/", file=sys.stderr)
+        return 1
     if manifest["counts"]["incomplete_tracks"]:
         print(json.dumps(manifest["incomplete"], indent=1), file=sys.stderr)
         print("some inputs are not fully accounted for: re-run the same command to complete them", file=sys.stderr)

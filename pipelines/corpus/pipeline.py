@@ -17,6 +17,7 @@ from pipelines import storage
 from pipelines.corpus.account import build_manifest
 from pipelines.corpus.config import CorpusConfig, StageResources
 from pipelines.corpus.dedup import may_keep, start_registry, write_fingerprints
+from pipelines.corpus.failures import FailureWatch
 from pipelines.corpus.index import OutputIndex
 from pipelines.corpus.ledger import ledger_of
 from pipelines.corpus.placement import RunPlan, plan_run
@@ -125,17 +126,23 @@ def _worker_env() -> dict[str, str]:
 
 def run_stream(config: CorpusConfig, pending: list[dict], registry, plan: RunPlan) -> Counter:
     """Stream the pending tracks through every stage; flush the writers at the end (or when stopped by an
-    error: what they hold is whole and accounted). Returns this run's item and clip counts."""
+    error: what they hold is whole and accounted). Returns this run's item and clip counts. Raises RunFailed
+    as soon as a stage of ours fails on most clips (pipelines/corpus/failures.py)."""
     import ray
 
     run: Counter = Counter()
+    watch = FailureWatch()
     writers = start_writers(config)
     failed = False
     try:
+        # batch_size None: each summary block as the writer stage makes it, so the watch sees failures soon
         for batch in build_dataset(config, pending, registry, writers, plan).iter_batches(
-                batch_size=256, batch_format="numpy"):
+                batch_size=None, batch_format="numpy"):
             run["items"] += len(batch["item_id"])
             run["clips"] += int(batch["ok"].sum())
+            watch.update(batch)
+            if (stop := watch.tripped()) is not None:
+                raise stop                    # a stage of ours fails on most clips: stop now, keep what is done
     except BaseException:
         failed = True
         raise
