@@ -75,7 +75,7 @@ class RunPlan:
         out = [f"plan: staged ({self.why}), an operator per stage:"]
         for name in STAGES:
             if name == "captions" and self.vllm:
-                out.append(f"  captions: {max(1, self.stages[name].actors)} vLLM engine(s), whole GPUs placed by vLLM")
+                out.append(f"  captions: vLLM, {describe(self.stages[name]).replace('actor', 'engine')}")
             elif name == "mix" and self.stages["mix"] == replace(self.stages["text"], actors=0):
                 out.append("  mix: inside the text actors (same resources, fused by Ray)")
             else:
@@ -154,21 +154,25 @@ def config_with(config: CorpusConfig, stages: Mapping[str, StageResources]) -> C
 
 
 def gpu_shares(config: CorpusConfig, stages: Mapping[str, StageResources], gpus: float) -> dict[str, StageResources]:
-    """GPUs for the model stages that were given none, out of what the cluster has left after the GPUs declared (and
-    a whole GPU per vLLM engine). A GPU shared by k actors gives each 1/k, so that k of them fit on one GPU (Ray
-    places a fractional request on a single GPU): 4 actors on 1 GPU get 0.25 each, on 2 GPUs 0.5. Stages whose actor
-    count was not declared get the spare slots (extra actors, `GPU_PRIORITY` first): 8 GPUs give each stage 2
-    actors of 1 GPU. A share is a scheduling share, not a memory limit: the models must fit together."""
-    vllm = config.caption_backend == "vllm"                 # its engines take whole GPUs of their own
+    """GPUs for the model stages that were given none, out of what the cluster has left after the GPUs declared and
+    a whole GPU per vLLM engine (its placement bundle, `captions.engine_bundle`, takes the captions stage's GPUs).
+    A GPU shared by k actors gives each 1/k, so that k of them fit on one GPU (Ray places a fractional request on a
+    single GPU): 4 actors on 1 GPU get 0.25 each, on 2 GPUs 0.5. Stages whose actor count was not declared get the
+    spare slots (extra actors, `GPU_PRIORITY` first): 8 GPUs give each stage 2 actors of 1 GPU. A share is a
+    scheduling share, not a memory limit: the models must fit together."""
+    vllm = config.caption_backend == "vllm"
+    engines: dict[str, StageResources] = {}
+    if vllm and not _gpus_declared(config, "captions"):
+        count = max(1, stages["captions"].actors)
+        if count > gpus:
+            raise ValueError(f"{count} vLLM caption engine(s) need a whole GPU each; the cluster has {gpus:g}: "
+                             "fewer engines (--stage-resources captions=actors:N) or captions=gpus:0 for vLLM on CPU")
+        engines["captions"] = replace(stages["captions"], gpus=1.0)
     auto = [n for n in GPU_PRIORITY if not _gpus_declared(config, n) and not (n == "captions" and vllm)]
-    if not auto:
-        return {}
-    taken = sum(stages[n].gpus * max(1, stages[n].actors) for n in MODEL_STAGES if n not in auto)
-    if vllm:
-        taken += max(1, stages["captions"].actors)
-    left = gpus - taken
-    if left <= 0:
-        return {}                   # nothing left: those stages stay on CPU (RunPlan.lines says so)
+    fixed = {**stages, **engines}
+    left = gpus - sum(fixed[n].gpus * max(1, fixed[n].actors) for n in MODEL_STAGES if n not in auto)
+    if not auto or left <= 0:
+        return engines              # nothing left: the other stages stay on CPU (RunPlan.lines says so)
     actors = {n: max(1, stages[n].actors) for n in auto}
     total = sum(actors.values())
     if left < 1:                    # a part of one GPU: every actor an equal part of it
@@ -181,8 +185,8 @@ def gpu_shares(config: CorpusConfig, stages: Mapping[str, StageResources], gpus:
         for i in range(whole * per_gpu - total if free else 0):
             actors[free[i % len(free)]] += 1
     if per <= 0:
-        return {}
-    return {n: replace(stages[n], gpus=per, actors=actors[n]) for n in auto}
+        return engines
+    return {**engines, **{n: replace(stages[n], gpus=per, actors=actors[n]) for n in auto}}
 
 
 def _gpus_declared(config: CorpusConfig, name: str) -> bool:

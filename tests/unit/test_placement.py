@@ -91,12 +91,19 @@ def test_declared_gpus_and_actors_are_kept_and_the_rest_shares_what_is_left():
 
 def test_vllm_engines_take_whole_gpus_and_the_other_model_stages_share_the_rest():
     plan = place(config(caption_backend="vllm"), Cluster(cpus=16, gpus=2), False)
-    assert plan.stage("captions").gpus == 0                  # vLLM places its own engines' GPUs
+    assert (plan.stage("captions").gpus, plan.stage("captions").actors) == (1.0, 1)    # the engine's bundle
     assert [plan.stage(n).gpus for n in ("vae", "tags", "text")] == [0.3333] * 3
-    assert "  captions: 1 vLLM engine(s), whole GPUs placed by vLLM" in plan.lines()
+    assert "  captions: vLLM, 1 engine x 1 GPU, 0.5 CPU" in plan.lines()
     # one GPU, taken by the engine: the others run on CPU, CUDA hidden
     plan = place(config(caption_backend="vllm"), Cluster(cpus=16, gpus=1), False)
-    assert all(plan.stage(n).gpus == 0 for n in ("vae", "tags", "text"))
+    assert plan.stage("captions").gpus == 1.0 and all(plan.stage(n).gpus == 0 for n in ("vae", "tags", "text"))
+    with pytest.raises(ValueError, match="whole GPU each"):
+        place(config(caption_backend="vllm", stage_resources={"captions": {"actors": 3}}), Cluster(16, 2), False)
+    # declared: kept as declared (corpus_resources.yaml)
+    plan = place(config(caption_backend="vllm", stage_resources={"captions": {"gpus": 1.0, "actors": 2}}),
+                 Cluster(16, 4), False)
+    assert (plan.stage("captions").gpus, plan.stage("captions").actors) == (1.0, 2)
+    assert [plan.stage(n).gpus for n in ("vae", "tags", "text")] == [0.5] * 3      # the 2 GPUs left, 2 slots each
 
 
 def test_fused_plan_is_one_pool_of_cpu_actors_that_never_see_cuda():
