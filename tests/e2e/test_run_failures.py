@@ -40,7 +40,7 @@ def test_a_caption_model_failing_on_every_clip_stops_the_run(ray_local, tmp_path
     with pytest.raises(RunFailed) as failure:
         prepare_corpus(config, progress=lambda *_: None)
     message = str(failure.value)
-    assert "stage 'captions'" in message and "'llm_error'" in message and "a broken chat template" in message
+    assert "stage 'caption'" in message and "'llm_error'" in message and "a broken chat template" in message
     # What was done before the stop is stored: the failed clips are in quarantine, none in the corpus.
     rows = [pq.read_table(p) for p in (output / "quarantine").glob("*.parquet")]
     reasons = [r for t in rows for r in t["reason"].to_pylist()]
