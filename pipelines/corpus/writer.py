@@ -29,6 +29,7 @@ from pipelines.corpus.config import (
     CorpusConfig,
     StageResources,
 )
+from pipelines.corpus.crashguard import RAY_RETRIES
 from pipelines.corpus.failures import is_failure
 from pipelines.corpus.index import committed_items, entry_of, shard_name, write_entry
 from schemas import CORPUS, NULL_TEXT, QUARANTINE, conform
@@ -185,7 +186,9 @@ def start_writers(config: CorpusConfig, *, die_after_commit: str = "") -> list:
 
     stage = config.stage("writer")
     run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    actor = ray.remote(ShardWriter).options(max_restarts=-1, max_task_retries=-1, **stage.ray_options())
+    # Bounded like every pool of ours (crashguard.RAY_RETRIES): a writer that keeps dying fails the job, never loops.
+    actor = ray.remote(ShardWriter).options(max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES,
+                                            **stage.ray_options())
     return [actor.remote(config.output, shard_rows=config.shard_rows, shard_bytes=config.shard_bytes,
                          row_group_rows=config.row_group_rows, quarantine_shard_rows=config.quarantine_shard_rows,
                          name=f"{run}-w{k}", die_after_commit=die_after_commit)
