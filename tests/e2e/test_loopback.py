@@ -87,7 +87,9 @@ run() {{
   while kill -0 $job 2>/dev/null; do ss -tunapH >> "{sockets}"; sleep 0.1; done
   wait $job
 }}
-run "$PY" jobs/prepare_corpus.py --input "{music}" --output "{tmp_path / 'out'}" || exit 1
+# its exit status is about the music (exit 1 when every input is rejected); here it must only run to its end
+run "$PY" jobs/prepare_corpus.py --input "{music}" --output "{tmp_path / 'out'}"
+[ -f "{tmp_path / 'out' / 'manifest.json'}" ] || exit 1
 run "$PY" jobs/train.py --size tiny --data "{corpus}" --storage "{tmp_path / 'runs'}" --run-name ns --num-workers 2 \
   --cpus-per-worker 0.25 --global-batch-size 4 --micro-batch-size 2 --max-steps 2 --checkpoint-every 2 \
   --val-every 0 || exit 2
