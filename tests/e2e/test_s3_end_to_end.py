@@ -26,6 +26,7 @@ from pipelines.runs.checkpoints import (
     load_state,
 )
 from pipelines.runs.release import read_release_config, read_release_weights
+from pipelines.training.checkpoint import FORMAT
 from schemas.manifest import CORPUS_DIR, QUARANTINE_DIR
 from tests.audio_fixtures import write_tone_track
 from tests.s3server import SECRET_KEY
@@ -92,7 +93,7 @@ def test_train_reads_s3_corpus_and_checkpoints_to_s3(s3_pipeline):
     assert all(k.startswith("s3://") for k in kept)
     small = torch.load(io.BytesIO(storage.read_bytes(storage.join(kept[-1], STATE_FILE))), map_location="cpu",
                        weights_only=True)
-    assert small["format"] == 2 and "model" not in small           # weights live in the DCP shards
+    assert small["format"] == FORMAT and "model" not in small      # weights live in the DCP shards
     shards = all_files(storage.join(kept[-1], "dcp"))               # Ray uploaded DCP's hidden names too
     assert ".metadata" in shards and any(f.endswith(".distcp") for f in shards)
     state = load_state(kept[-1])                                    # downloaded from s3://, shards merged
